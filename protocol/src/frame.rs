@@ -25,7 +25,9 @@ impl fmt::Display for SubscriptionId {
 }
 
 /// How notifications of a subscription are delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum DeliveryMode {
     /// No acks; a notification may be lost (like core NATS). The default.
     #[default]

@@ -1,0 +1,274 @@
+//! The benchmark workloads (W1, W2, W3), generated from a fixed seed. Each generator returns
+//! subscriptions as (topic or pattern, filter text) and events as (topic, attributes), so the
+//! engine and the naive baseline see exactly the same input.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Zipf};
+use sift_protocol::{Attributes, Value};
+
+pub type Rng8 = ChaCha8Rng;
+
+pub fn rng(seed: u64) -> Rng8 {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub struct Sub {
+    pub pattern: String,
+    pub filter: String,
+}
+
+pub struct Ev {
+    pub topic: String,
+    pub attrs: Attributes,
+}
+
+fn s(v: String) -> Value {
+    Value::Str(v)
+}
+
+// ---------- W1: 1M subscriptions, 100k topics, Zipf 1.0 ----------
+
+pub const W1_TOPICS: usize = 100_000;
+const W1_REGIONS: usize = 16;
+const W1_CUSTOMERS: usize = 100_000;
+const W1_SKUS: usize = 1_000_000;
+const W1_QTY_MAX: i64 = 1000;
+/// Distinct regex patterns in W1: users' regexes repeat (the same app deployed many times),
+/// and each distinct pattern is compiled once. See `w1_unique_regex` for the other extreme.
+const W1_REGEX_VOCAB: usize = 2000;
+
+pub struct W1 {
+    zipf: Zipf<f64>,
+    unique_regexes: bool,
+}
+
+impl W1 {
+    pub fn new(unique_regexes: bool) -> W1 {
+        W1 {
+            zipf: Zipf::new(W1_TOPICS as f64, 1.0).expect("valid zipf"),
+            unique_regexes,
+        }
+    }
+
+    fn topic(&self, r: &mut Rng8) -> String {
+        format!("w1.t{}", self.zipf.sample(r) as usize - 1)
+    }
+
+    pub fn event(&self, r: &mut Rng8) -> Ev {
+        let mut attrs = Attributes::new();
+        attrs.insert(
+            "region".into(),
+            s(format!("r{}", r.random_range(0..W1_REGIONS))),
+        );
+        attrs.insert(
+            "customer".into(),
+            s(format!("c{}", r.random_range(0..W1_CUSTOMERS))),
+        );
+        attrs.insert(
+            "sku".into(),
+            s(format!("sku-{:07}", r.random_range(0..W1_SKUS))),
+        );
+        let cents: i64 = r.random_range(0..100_000);
+        attrs.insert("price".into(), Value::Float(cents as f64 / 100.0));
+        attrs.insert("qty".into(), Value::Int(r.random_range(1..=W1_QTY_MAX)));
+        Ev {
+            topic: self.topic(r),
+            attrs,
+        }
+    }
+
+    /// A filter of 1-3 predicates: a selective primary predicate (60% equality/in, 30%
+    /// range, 10% regex/prefix) and 0-2 broader ones drawn from the same mix.
+    pub fn sub(&self, r: &mut Rng8) -> Sub {
+        let n = r.random_range(1..=3usize);
+        let (mut preds, mut count) = self.primary(r);
+        while count < n {
+            preds.push(self.secondary(r));
+            count += 1;
+        }
+        let filter = if r.random_bool(0.1) && preds.len() >= 2 {
+            // Some users write disjunctions: keep the primary, OR the rest.
+            let first = preds.remove(0);
+            format!("{first} && ({})", preds.join(" || "))
+        } else {
+            preds.join(" && ")
+        };
+        Sub {
+            pattern: self.topic(r),
+            filter,
+        }
+    }
+
+    /// Returns the predicate text and how many predicates it counts as.
+    fn primary(&self, r: &mut Rng8) -> (Vec<String>, usize) {
+        let p: f64 = r.random();
+        let one = |t: String| (vec![t], 1);
+        if p < 0.60 {
+            match r.random_range(0..5) {
+                0 => one(format!(
+                    "customer == \"c{}\"",
+                    r.random_range(0..W1_CUSTOMERS)
+                )),
+                1 => one(format!("sku == \"sku-{:07}\"", r.random_range(0..W1_SKUS))),
+                2 => one(format!("qty == {}", r.random_range(1..=W1_QTY_MAX))),
+                3 => {
+                    let k = r.random_range(2..=8);
+                    let items: Vec<String> = (0..k)
+                        .map(|_| format!("\"c{}\"", r.random_range(0..W1_CUSTOMERS)))
+                        .collect();
+                    one(format!("customer in [{}]", items.join(", ")))
+                }
+                _ => {
+                    let k = r.random_range(2..=4);
+                    let items: Vec<String> = (0..k)
+                        .map(|_| r.random_range(1..=W1_QTY_MAX).to_string())
+                        .collect();
+                    one(format!("qty in [{}]", items.join(", ")))
+                }
+            }
+        } else if p < 0.90 {
+            match r.random_range(0..3) {
+                0 => {
+                    let lo = r.random_range(0..99_800) as f64 / 100.0;
+                    let w = [0.5, 1.0, 2.0][r.random_range(0..3)];
+                    (
+                        vec![format!("price >= {lo:?}"), format!("price < {:?}", lo + w)],
+                        2,
+                    )
+                }
+                1 => one(format!("qty > {}", r.random_range(995..W1_QTY_MAX))),
+                _ => one(format!(
+                    "price < {:?}",
+                    r.random_range(1..100) as f64 / 100.0
+                )),
+            }
+        } else if r.random_bool(0.5) {
+            let id = if self.unique_regexes {
+                r.random_range(0..100_000)
+            } else {
+                r.random_range(0..W1_REGEX_VOCAB)
+            };
+            // Fixes five of seven digits: about 100 of 1M skus.
+            one(format!("sku ~ \"^sku-{:05}[0-9]{{2}}$\"", id))
+        } else {
+            one(format!(
+                "prefix(customer, \"c{}\")",
+                r.random_range(100..1000)
+            ))
+        }
+    }
+
+    fn secondary(&self, r: &mut Rng8) -> String {
+        let p: f64 = r.random();
+        if p < 0.60 {
+            match r.random_range(0..3) {
+                0 => format!("region == \"r{}\"", r.random_range(0..W1_REGIONS)),
+                1 => {
+                    let a = r.random_range(0..W1_REGIONS);
+                    let b = (a + 1 + r.random_range(0..W1_REGIONS - 1)) % W1_REGIONS;
+                    format!("region in [\"r{a}\", \"r{b}\"]")
+                }
+                _ => format!("region != \"r{}\"", r.random_range(0..W1_REGIONS)),
+            }
+        } else if p < 0.90 {
+            if r.random_bool(0.5) {
+                format!("qty > {}", r.random_range(1..W1_QTY_MAX))
+            } else {
+                format!("price <= {:?}", r.random_range(1..1000) as f64)
+            }
+        } else if r.random_bool(0.5) {
+            format!("region ~ \"^r1[0-{}]$\"", r.random_range(0..6))
+        } else {
+            format!("prefix(sku, \"sku-{}\")", r.random_range(0..10))
+        }
+    }
+}
+
+// ---------- W2: one hot topic, 100k subscriptions of a given selectivity ----------
+
+pub const W2_TOPIC: &str = "w2.hot";
+
+/// Events carry uniform attributes from which filters of any selectivity can be built.
+pub fn w2_event(r: &mut Rng8) -> Ev {
+    let mut attrs = Attributes::new();
+    for n in [10i64, 100, 1000, 10_000, 100_000] {
+        attrs.insert(format!("u{n}"), Value::Int(r.random_range(0..n)));
+    }
+    attrs.insert("x".into(), Value::Float(r.random::<f64>()));
+    attrs.insert(
+        "code".into(),
+        s(format!("{:06}", r.random_range(0..1_000_000))),
+    );
+    Ev {
+        topic: W2_TOPIC.into(),
+        attrs,
+    }
+}
+
+/// A filter matching a fraction `10^-digits` of events (digits = 1..=4), varied in kind:
+/// 30% equality, 20% `in`, 30% range, 10% prefix, 10% regex.
+pub fn w2_sub(r: &mut Rng8, digits: u32) -> Sub {
+    let card = 10i64.pow(digits);
+    let filter = match r.random_range(0..10) {
+        0..=2 => format!("u{card} == {}", r.random_range(0..card)),
+        3 | 4 => {
+            // 10 distinct values out of 10 * card.
+            let items: Vec<String> = (0..10)
+                .map(|i| (i * card + r.random_range(0..card)).to_string())
+                .collect();
+            format!("u{} in [{}]", card * 10, items.join(", "))
+        }
+        5..=7 => {
+            let w = 1.0 / card as f64;
+            let lo = r.random_range(0.0..1.0 - w);
+            format!("x >= {lo:?} && x < {:?}", lo + w)
+        }
+        8 => format!(
+            "prefix(code, \"{:0width$}\")",
+            r.random_range(0..card),
+            width = digits as usize
+        ),
+        _ => format!(
+            "code ~ \"{:0width$}$\"",
+            r.random_range(0..card),
+            width = digits as usize
+        ),
+    };
+    Sub {
+        pattern: W2_TOPIC.into(),
+        filter,
+    }
+}
+
+// ---------- W3: 10k pattern subscriptions, 100k distinct topics ----------
+
+const W3_TOKENS: [(char, usize); 4] = [('a', 10), ('b', 100), ('c', 100), ('d', 100)];
+
+pub fn w3_topic(r: &mut Rng8) -> String {
+    let tokens: Vec<String> = W3_TOKENS
+        .iter()
+        .map(|(p, n)| format!("{p}{}", r.random_range(0..*n)))
+        .collect();
+    tokens.join(".")
+}
+
+/// A pattern: a random topic with tokens replaced by `*` (30% each) and, for 30% of the
+/// patterns, the tail cut at a random point and replaced by `>`.
+pub fn w3_sub(r: &mut Rng8) -> Sub {
+    let mut tokens: Vec<String> = w3_topic(r).split('.').map(String::from).collect();
+    for t in tokens.iter_mut() {
+        if r.random_bool(0.3) {
+            *t = "*".into();
+        }
+    }
+    if r.random_bool(0.3) {
+        let keep = r.random_range(1..tokens.len());
+        tokens.truncate(keep);
+        tokens.push(">".into());
+    }
+    Sub {
+        pattern: tokens.join("."),
+        filter: String::new(),
+    }
+}

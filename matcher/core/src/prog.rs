@@ -1,0 +1,461 @@
+//! A filter compiled to a compact byte program: one allocation per subscription, evaluated in
+//! place, and analysed for the index's access keys.
+//!
+//! Layout: every node is `[op: u8][size: u32 LE][body]`, `size` counting the whole node, so a
+//! parent can skip a child without decoding it. Composite bodies are their children; a
+//! predicate body is `[name_len: u8][name][payload]`, payloads per op below. Literals are
+//! `[tag: u8][data]`. Regexes are ids into the engine's [`RegexPool`].
+
+use std::cmp::Ordering;
+
+use sift_protocol::filter::{CmpOp, Expr, Predicate, Test};
+use sift_protocol::value::cmp_int_float;
+use sift_protocol::{Attributes, Value};
+
+use crate::regex_pool::{RegexId, RegexPool};
+
+const OP_AND: u8 = 1;
+const OP_OR: u8 = 2;
+const OP_NOT: u8 = 3;
+const OP_CMP: u8 = 4; // [cmp: u8][lit]
+const OP_IN: u8 = 5; // [count: u16][lit]*
+const OP_NOT_IN: u8 = 6; // [count: u16][lit]*
+const OP_REGEX: u8 = 7; // [id: u32]
+const OP_EXISTS: u8 = 8; // nothing
+const OP_PREFIX: u8 = 9; // [len: u16][bytes]
+const OP_SUFFIX: u8 = 10; // [len: u16][bytes]
+
+const LIT_STR: u8 = 1; // [len: u16][bytes]
+const LIT_INT: u8 = 2; // [i64 LE]
+const LIT_FLOAT: u8 = 3; // [f64 LE]
+const LIT_BOOL: u8 = 4; // [u8]
+
+const HEADER: usize = 5;
+
+/// A compiled filter. The empty program matches everything.
+#[derive(Debug, Default)]
+pub(crate) struct Prog {
+    code: Box<[u8]>,
+}
+
+/// A literal decoded from a program.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lit<'a> {
+    Str(&'a [u8]),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+/// A decoded node, borrowing from the program.
+pub(crate) enum Node<'a> {
+    And(Children<'a>),
+    Or(Children<'a>),
+    Not(usize),
+    Pred { attr: &'a str, test: PredTest<'a> },
+}
+
+/// A predicate's test, decoded.
+pub(crate) enum PredTest<'a> {
+    Cmp(CmpOp, Lit<'a>),
+    In { negated: bool, items: Lits<'a> },
+    Regex(RegexId),
+    Exists,
+    Prefix(&'a [u8]),
+    Suffix(&'a [u8]),
+}
+
+/// Iterator over the child positions of a composite node.
+pub(crate) struct Children<'a> {
+    code: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl Iterator for Children<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let at = self.pos;
+        self.pos += node_size(self.code, at);
+        Some(at)
+    }
+}
+
+/// Iterator over an `in` list's literals.
+#[derive(Clone)]
+pub(crate) struct Lits<'a> {
+    code: &'a [u8],
+    pos: usize,
+    left: u16,
+}
+
+impl<'a> Iterator for Lits<'a> {
+    type Item = Lit<'a>;
+    fn next(&mut self) -> Option<Lit<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (lit, next) = read_lit(self.code, self.pos);
+        self.pos = next;
+        Some(lit)
+    }
+}
+
+fn u16_at(code: &[u8], pos: usize) -> u16 {
+    u16::from_le_bytes([code[pos], code[pos + 1]])
+}
+
+fn u32_at(code: &[u8], pos: usize) -> u32 {
+    u32::from_le_bytes([code[pos], code[pos + 1], code[pos + 2], code[pos + 3]])
+}
+
+fn u64_at(code: &[u8], pos: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&code[pos..pos + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn node_size(code: &[u8], pos: usize) -> usize {
+    u32_at(code, pos + 1) as usize
+}
+
+fn read_lit(code: &[u8], pos: usize) -> (Lit<'_>, usize) {
+    match code[pos] {
+        LIT_STR => {
+            let len = u16_at(code, pos + 1) as usize;
+            (Lit::Str(&code[pos + 3..pos + 3 + len]), pos + 3 + len)
+        }
+        LIT_INT => (Lit::Int(u64_at(code, pos + 1) as i64), pos + 9),
+        LIT_FLOAT => (Lit::Float(f64::from_bits(u64_at(code, pos + 1))), pos + 9),
+        _ => (Lit::Bool(code[pos + 1] != 0), pos + 2),
+    }
+}
+
+fn read_bytes(code: &[u8], pos: usize) -> &[u8] {
+    let len = u16_at(code, pos) as usize;
+    &code[pos + 2..pos + 2 + len]
+}
+
+impl Prog {
+    /// Compiles a filter expression; regexes are interned in `pool` (one reference each).
+    pub(crate) fn compile(expr: Option<&Expr>, pool: &mut RegexPool) -> Prog {
+        let mut code = Vec::new();
+        if let Some(e) = expr {
+            emit(e, pool, &mut code);
+        }
+        Prog {
+            code: code.into_boxed_slice(),
+        }
+    }
+
+    /// True for the match-all program.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.code.is_empty()
+    }
+
+    /// Bytes of code (for statistics).
+    pub(crate) fn len(&self) -> usize {
+        self.code.len()
+    }
+
+    /// Drops this program's regex references.
+    pub(crate) fn release(&self, pool: &mut RegexPool) {
+        if !self.is_empty() {
+            self.walk(0, &mut |node| {
+                if let Node::Pred {
+                    test: PredTest::Regex(id),
+                    ..
+                } = node
+                {
+                    pool.release(id);
+                }
+            });
+        }
+    }
+
+    fn walk(&self, pos: usize, f: &mut impl FnMut(Node<'_>)) {
+        let node = self.node(pos);
+        match &node {
+            Node::And(c) | Node::Or(c) => {
+                let children: Vec<usize> = Children {
+                    code: c.code,
+                    pos: c.pos,
+                    end: c.end,
+                }
+                .collect();
+                for child in children {
+                    self.walk(child, f);
+                }
+            }
+            Node::Not(inner) => self.walk(*inner, f),
+            Node::Pred { .. } => {}
+        }
+        f(node);
+    }
+
+    /// Decodes the node at `pos` (the root is at 0; only for non-empty programs).
+    pub(crate) fn node(&self, pos: usize) -> Node<'_> {
+        let code = &self.code[..];
+        let end = pos + node_size(code, pos);
+        let body = pos + HEADER;
+        match code[pos] {
+            OP_AND => Node::And(Children {
+                code,
+                pos: body,
+                end,
+            }),
+            OP_OR => Node::Or(Children {
+                code,
+                pos: body,
+                end,
+            }),
+            OP_NOT => Node::Not(body),
+            op => {
+                let name_len = code[body] as usize;
+                let name = &code[body + 1..body + 1 + name_len];
+                // Names are ASCII by the grammar; the fallback is unreachable.
+                let attr = std::str::from_utf8(name).unwrap_or("");
+                let at = body + 1 + name_len;
+                let test = match op {
+                    OP_CMP => PredTest::Cmp(cmp_from_u8(code[at]), read_lit(code, at + 1).0),
+                    OP_IN | OP_NOT_IN => PredTest::In {
+                        negated: op == OP_NOT_IN,
+                        items: Lits {
+                            code,
+                            pos: at + 2,
+                            left: u16_at(code, at),
+                        },
+                    },
+                    OP_REGEX => PredTest::Regex(u32_at(code, at)),
+                    OP_EXISTS => PredTest::Exists,
+                    OP_PREFIX => PredTest::Prefix(read_bytes(code, at)),
+                    _ => PredTest::Suffix(read_bytes(code, at)),
+                };
+                Node::Pred { attr, test }
+            }
+        }
+    }
+
+    /// Evaluates the program against an event's attributes.
+    pub(crate) fn eval(&self, attrs: &Attributes, pool: &RegexPool) -> bool {
+        self.is_empty() || self.eval_at(0, attrs, pool)
+    }
+
+    fn eval_at(&self, pos: usize, attrs: &Attributes, pool: &RegexPool) -> bool {
+        match self.node(pos) {
+            Node::And(mut children) => children.all(|c| self.eval_at(c, attrs, pool)),
+            Node::Or(mut children) => children.any(|c| self.eval_at(c, attrs, pool)),
+            Node::Not(inner) => !self.eval_at(inner, attrs, pool),
+            Node::Pred { attr, test } => match attrs.get(attr) {
+                None => false,
+                Some(v) => eval_test(&test, v, pool),
+            },
+        }
+    }
+}
+
+/// Applies a decoded test to a present value, with the reference evaluator's semantics.
+pub(crate) fn eval_test(test: &PredTest<'_>, v: &Value, pool: &RegexPool) -> bool {
+    match test {
+        PredTest::Cmp(op, lit) => cmp_lit(*op, v, *lit),
+        PredTest::In { negated, items } => {
+            items
+                .clone()
+                .any(|l| compare_lit(v, l) == Some(Ordering::Equal))
+                != *negated
+        }
+        PredTest::Regex(id) => matches!(v, Value::Str(s) if pool.get(*id).is_match(s)),
+        PredTest::Exists => true,
+        PredTest::Prefix(p) => matches!(v, Value::Str(s) if s.as_bytes().starts_with(p)),
+        PredTest::Suffix(p) => matches!(v, Value::Str(s) if s.as_bytes().ends_with(p)),
+    }
+}
+
+/// `value <op> lit`, exactly as `sift_protocol::filter::cmp`.
+pub(crate) fn cmp_lit(op: CmpOp, v: &Value, lit: Lit<'_>) -> bool {
+    let ord = compare_lit(v, lit);
+    match op {
+        CmpOp::Eq => ord == Some(Ordering::Equal),
+        CmpOp::Ne => ord != Some(Ordering::Equal),
+        _ if matches!(v, Value::Bool(_)) || matches!(lit, Lit::Bool(_)) => false,
+        CmpOp::Lt => ord == Some(Ordering::Less),
+        CmpOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
+        CmpOp::Gt => ord == Some(Ordering::Greater),
+        CmpOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+    }
+}
+
+/// `sift_protocol::value::compare` against a program literal.
+pub(crate) fn compare_lit(v: &Value, lit: Lit<'_>) -> Option<Ordering> {
+    match (v, lit) {
+        (Value::Str(a), Lit::Str(b)) => Some(a.as_bytes().cmp(b)),
+        (Value::Int(a), Lit::Int(b)) => Some(a.cmp(&b)),
+        (Value::Float(a), Lit::Float(b)) => a.partial_cmp(&b),
+        (Value::Int(a), Lit::Float(b)) => cmp_int_float(*a, b),
+        (Value::Float(a), Lit::Int(b)) => cmp_int_float(b, *a).map(Ordering::reverse),
+        (Value::Bool(a), Lit::Bool(b)) => Some(a.cmp(&b)),
+        _ => None,
+    }
+}
+
+fn cmp_to_u8(op: CmpOp) -> u8 {
+    match op {
+        CmpOp::Eq => 0,
+        CmpOp::Ne => 1,
+        CmpOp::Lt => 2,
+        CmpOp::Le => 3,
+        CmpOp::Gt => 4,
+        CmpOp::Ge => 5,
+    }
+}
+
+fn cmp_from_u8(b: u8) -> CmpOp {
+    match b {
+        0 => CmpOp::Eq,
+        1 => CmpOp::Ne,
+        2 => CmpOp::Lt,
+        3 => CmpOp::Le,
+        4 => CmpOp::Gt,
+        _ => CmpOp::Ge,
+    }
+}
+
+/// Starts a node; returns its position so [`finish`] can patch the size.
+fn begin(op: u8, out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    out.push(op);
+    out.extend_from_slice(&[0; 4]);
+    at
+}
+
+fn finish(at: usize, out: &mut [u8]) {
+    let size = (out.len() - at) as u32;
+    out[at + 1..at + HEADER].copy_from_slice(&size.to_le_bytes());
+}
+
+fn emit(e: &Expr, pool: &mut RegexPool, out: &mut Vec<u8>) {
+    match e {
+        Expr::And(children) | Expr::Or(children) => {
+            let at = begin(
+                if matches!(e, Expr::And(_)) {
+                    OP_AND
+                } else {
+                    OP_OR
+                },
+                out,
+            );
+            for c in children {
+                emit(c, pool, out);
+            }
+            finish(at, out);
+        }
+        Expr::Not(inner) => {
+            let at = begin(OP_NOT, out);
+            emit(inner, pool, out);
+            finish(at, out);
+        }
+        Expr::Pred(p) => emit_pred(p, pool, out),
+    }
+}
+
+fn emit_pred(p: &Predicate, pool: &mut RegexPool, out: &mut Vec<u8>) {
+    let op = match &p.test {
+        Test::Cmp(..) => OP_CMP,
+        Test::In { negated: false, .. } => OP_IN,
+        Test::In { negated: true, .. } => OP_NOT_IN,
+        Test::Regex(_) => OP_REGEX,
+        Test::Exists => OP_EXISTS,
+        Test::Prefix(_) => OP_PREFIX,
+        Test::Suffix(_) => OP_SUFFIX,
+    };
+    let at = begin(op, out);
+    // The parser bounds names to 128 bytes.
+    out.push(p.attr.len() as u8);
+    out.extend_from_slice(p.attr.as_bytes());
+    match &p.test {
+        Test::Cmp(op, lit) => {
+            out.push(cmp_to_u8(*op));
+            emit_lit(lit, out);
+        }
+        Test::In { items, .. } => {
+            // The parser bounds lists to 256 items.
+            out.extend_from_slice(&(items.len() as u16).to_le_bytes());
+            for lit in items {
+                emit_lit(lit, out);
+            }
+        }
+        Test::Regex(r) => out.extend_from_slice(&pool.acquire(r.regex()).to_le_bytes()),
+        Test::Exists => {}
+        Test::Prefix(s) | Test::Suffix(s) => emit_bytes(s.as_bytes(), out),
+    }
+    finish(at, out);
+}
+
+fn emit_bytes(b: &[u8], out: &mut Vec<u8>) {
+    // Filter text is at most 4 KiB, so any literal fits in u16.
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn emit_lit(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Str(s) => {
+            out.push(LIT_STR);
+            emit_bytes(s.as_bytes(), out);
+        }
+        Value::Int(i) => {
+            out.push(LIT_INT);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Value::Float(f) => {
+            out.push(LIT_FLOAT);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Value::Bool(b) => {
+            out.push(LIT_BOOL);
+            out.push(u8::from(*b));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sift_protocol::Filter;
+
+    fn attrs(pairs: &[(&str, Value)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn program_agrees_with_reference_on_examples() {
+        let mut pool = RegexPool::default();
+        let a = attrs(&[
+            ("s", Value::Str("hello".into())),
+            ("i", Value::Int(3)),
+            ("f", Value::Float(2.5)),
+            ("b", Value::Bool(true)),
+        ]);
+        for text in [
+            "",
+            "i == 3.0",
+            "s ~ \"^h\" && !(f < 2) || b == false",
+            "i in [1, \"3\", 3.0] && s not in [\"x\"]",
+            "prefix(s, \"he\") && suffix(s, \"lo\") && exists(f)",
+            "missing != 1 || not (i > 2 and f <= 2.5)",
+        ] {
+            let f = Filter::parse(text).unwrap();
+            let p = Prog::compile(f.expr(), &mut pool);
+            assert_eq!(p.eval(&a, &pool), f.matches(&a), "{text}");
+            p.release(&mut pool);
+        }
+        assert_eq!(pool.len(), 0, "every regex reference is released");
+    }
+}
