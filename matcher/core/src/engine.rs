@@ -9,12 +9,34 @@ use sift_protocol::{Attributes, DeliveryMode, Filter, SubscriptionId, Topic};
 
 use crate::groups::{GroupId, Groups, NO_GROUP};
 use crate::index::{Bucket, Index, Slot};
-use crate::plan::plan;
+use crate::plan::{choose, plan, BucketStats};
 use crate::prog::Prog;
 use crate::regex_pool::RegexPool;
 use crate::trie::{BucketId, Trie};
 use crate::types::*;
 use crate::wheel::Wheel;
+
+/// (Re)builds a bucket's index: gathers statistics from all its filters, chooses every
+/// filter's access keys with them, and indexes everything anew. O(n); callers make it
+/// amortised O(1) by rebuilding only when the bucket doubles or quarters.
+fn rebuild_index(
+    bucket: &mut Bucket,
+    records: &mut [Record],
+    state: &FixedState,
+    pool: &RegexPool,
+) {
+    let stats = BucketStats::gather(
+        bucket.slots.iter().map(|&s| &records[s as usize].prog),
+        state,
+    );
+    let mut index = Box::new(Index::new(stats, bucket.slots.len()));
+    for &s in &bucket.slots {
+        let prog = &mut records[s as usize].prog;
+        choose(prog, &index.stats);
+        index.insert(&plan(prog, state), s, state, pool);
+    }
+    bucket.index = Some(index);
+}
 
 #[derive(Debug)]
 struct Record {
@@ -277,14 +299,16 @@ impl Engine {
         };
         rec.pos = bucket.slots.len() as u32;
         bucket.slots.push(slot);
+        let len = bucket.slots.len();
         match &mut bucket.index {
-            Some(index) => index.insert(&plan(&rec.prog, state), slot, state, pool),
-            None if bucket.slots.len() > config.index_min_len => {
-                let mut index = Box::<Index>::default();
-                for &s in &bucket.slots {
-                    index.insert(&plan(&records[s as usize].prog, state), s, state, pool);
-                }
-                bucket.index = Some(index);
+            Some(index) if len < 2 * index.built_len => {
+                choose(&mut rec.prog, &index.stats);
+                index.insert(&plan(&rec.prog, state), slot, state, pool);
+            }
+            // Doubled since the last build: re-plan everyone with fresher statistics.
+            Some(_) => rebuild_index(bucket, records, state, pool),
+            None if len > config.index_min_len => {
+                rebuild_index(bucket, records, state, pool);
                 *indexed += 1;
             }
             None => {}
@@ -319,9 +343,17 @@ impl Engine {
         if let Some(&moved) = bucket.slots.get(pos) {
             records[moved as usize].pos = pos as u32;
         }
-        if bucket.index.is_some() && bucket.slots.len() < config.index_min_len / 2 {
-            bucket.index = None;
-            *indexed -= 1;
+        let len = bucket.slots.len();
+        match &bucket.index {
+            Some(_) if len < config.index_min_len / 2 => {
+                bucket.index = None;
+                *indexed -= 1;
+            }
+            // Shrunk to a quarter: rebuild, which re-plans and frees the larger tables.
+            Some(index) if len > 0 && len * 4 <= index.built_len => {
+                rebuild_index(bucket, records, state, pool)
+            }
+            _ => {}
         }
         if bucket.slots.is_empty() {
             if bucket.pattern {
@@ -390,9 +422,10 @@ impl Engine {
         let Some(bucket) = buckets[rec.bucket as usize].as_mut() else {
             unreachable!("a live record's bucket exists")
         };
-        let new = Prog::compile(filter.expr(), pool);
+        let mut new = Prog::compile(filter.expr(), pool);
         if let Some(index) = &mut bucket.index {
             index.remove(&plan(&rec.prog, state), slot, state, pool);
+            choose(&mut new, &index.stats);
             index.insert(&plan(&new, state), slot, state, pool);
         }
         let old = std::mem::replace(&mut rec.prog, new);
@@ -493,10 +526,10 @@ impl Engine {
             }
         };
         for &b in scratch_buckets.iter() {
-            let Some(bucket) = &buckets[b as usize] else {
+            let Some(bucket) = &mut buckets[b as usize] else {
                 continue;
             };
-            match &bucket.index {
+            match &mut bucket.index {
                 None => bucket.slots.iter().for_each(|&s| consider(s, true)),
                 Some(index) => index.candidates(attrs, state, pool, &mut consider),
             }

@@ -2,7 +2,8 @@
 //! place, and analysed for the index's access keys.
 //!
 //! Layout: every node is `[op: u8][size: u32 LE][body]`, `size` counting the whole node, so a
-//! parent can skip a child without decoding it. Composite bodies are their children; a
+//! parent can skip a child without decoding it. Composite bodies are their children (an
+//! `and` first has two bytes recording which children the planner chose as access keys); a
 //! predicate body is `[name_len: u8][name][payload]`, payloads per op below. Literals are
 //! `[tag: u8][data]`. Regexes are ids into the engine's [`RegexPool`].
 
@@ -47,12 +48,23 @@ pub(crate) enum Lit<'a> {
     Bool(bool),
 }
 
+/// "No child chosen" in an `and` node's choice bytes.
+pub(crate) const NO_CHOICE: u8 = u8::MAX;
+
 /// A decoded node, borrowing from the program.
 pub(crate) enum Node<'a> {
-    And(Children<'a>),
+    /// `choice`: the child chosen for access, and a second one when the two are merged into
+    /// one interval; [`NO_CHOICE`] for none.
+    And {
+        children: Children<'a>,
+        choice: (u8, u8),
+    },
     Or(Children<'a>),
     Not(usize),
-    Pred { attr: &'a str, test: PredTest<'a> },
+    Pred {
+        attr: &'a str,
+        test: PredTest<'a>,
+    },
 }
 
 /// A predicate's test, decoded.
@@ -164,37 +176,33 @@ impl Prog {
 
     /// Drops this program's regex references.
     pub(crate) fn release(&self, pool: &mut RegexPool) {
+        self.for_each_predicate(|_, test| {
+            if let PredTest::Regex(id) = test {
+                pool.release(*id);
+            }
+        });
+    }
+
+    /// Calls `f` for every predicate, in program order.
+    pub(crate) fn for_each_predicate<'s>(&'s self, mut f: impl FnMut(&'s str, &PredTest<'s>)) {
         if !self.is_empty() {
-            self.walk(0, &mut |node| {
-                if let Node::Pred {
-                    test: PredTest::Regex(id),
-                    ..
-                } = node
-                {
-                    pool.release(id);
-                }
-            });
+            self.walk(0, &mut f);
         }
     }
 
-    fn walk(&self, pos: usize, f: &mut impl FnMut(Node<'_>)) {
-        let node = self.node(pos);
-        match &node {
-            Node::And(c) | Node::Or(c) => {
-                let children: Vec<usize> = Children {
-                    code: c.code,
-                    pos: c.pos,
-                    end: c.end,
-                }
-                .collect();
-                for child in children {
-                    self.walk(child, f);
-                }
-            }
-            Node::Not(inner) => self.walk(*inner, f),
-            Node::Pred { .. } => {}
+    fn walk<'s>(&'s self, pos: usize, f: &mut impl FnMut(&'s str, &PredTest<'s>)) {
+        match self.node(pos) {
+            Node::And { children: c, .. } | Node::Or(c) => c.for_each(|child| self.walk(child, f)),
+            Node::Not(inner) => self.walk(inner, f),
+            Node::Pred { attr, test } => f(attr, &test),
         }
-        f(node);
+    }
+
+    /// Records the planner's choice in the `and` node at `pos`.
+    pub(crate) fn set_choice(&mut self, pos: usize, choice: (u8, u8)) {
+        debug_assert_eq!(self.code[pos], OP_AND);
+        self.code[pos + HEADER] = choice.0;
+        self.code[pos + HEADER + 1] = choice.1;
     }
 
     /// Decodes the node at `pos` (the root is at 0; only for non-empty programs).
@@ -203,11 +211,14 @@ impl Prog {
         let end = pos + node_size(code, pos);
         let body = pos + HEADER;
         match code[pos] {
-            OP_AND => Node::And(Children {
-                code,
-                pos: body,
-                end,
-            }),
+            OP_AND => Node::And {
+                children: Children {
+                    code,
+                    pos: body + 2,
+                    end,
+                },
+                choice: (code[body], code[body + 1]),
+            },
             OP_OR => Node::Or(Children {
                 code,
                 pos: body,
@@ -215,27 +226,11 @@ impl Prog {
             }),
             OP_NOT => Node::Not(body),
             op => {
-                let name_len = code[body] as usize;
-                let name = &code[body + 1..body + 1 + name_len];
-                // Names are ASCII by the grammar; the fallback is unreachable.
-                let attr = std::str::from_utf8(name).unwrap_or("");
-                let at = body + 1 + name_len;
-                let test = match op {
-                    OP_CMP => PredTest::Cmp(cmp_from_u8(code[at]), read_lit(code, at + 1).0),
-                    OP_IN | OP_NOT_IN => PredTest::In {
-                        negated: op == OP_NOT_IN,
-                        items: Lits {
-                            code,
-                            pos: at + 2,
-                            left: u16_at(code, at),
-                        },
-                    },
-                    OP_REGEX => PredTest::Regex(u32_at(code, at)),
-                    OP_EXISTS => PredTest::Exists,
-                    OP_PREFIX => PredTest::Prefix(read_bytes(code, at)),
-                    _ => PredTest::Suffix(read_bytes(code, at)),
-                };
-                Node::Pred { attr, test }
+                let (attr, at) = pred_attr(code, body);
+                Node::Pred {
+                    attr,
+                    test: decode_test(code, op, at),
+                }
             }
         }
     }
@@ -245,16 +240,68 @@ impl Prog {
         self.is_empty() || self.eval_at(0, attrs, pool)
     }
 
+    /// Walks the code directly: children are skipped by size, and a predicate's test is only
+    /// decoded when the event has its attribute.
     fn eval_at(&self, pos: usize, attrs: &Attributes, pool: &RegexPool) -> bool {
-        match self.node(pos) {
-            Node::And(mut children) => children.all(|c| self.eval_at(c, attrs, pool)),
-            Node::Or(mut children) => children.any(|c| self.eval_at(c, attrs, pool)),
-            Node::Not(inner) => !self.eval_at(inner, attrs, pool),
-            Node::Pred { attr, test } => match attrs.get(attr) {
-                None => false,
-                Some(v) => eval_test(&test, v, pool),
-            },
+        let code = &self.code[..];
+        let end = pos + node_size(code, pos);
+        let body = pos + HEADER;
+        match code[pos] {
+            OP_AND => {
+                let mut c = body + 2;
+                while c < end {
+                    if !self.eval_at(c, attrs, pool) {
+                        return false;
+                    }
+                    c += node_size(code, c);
+                }
+                true
+            }
+            OP_OR => {
+                let mut c = body;
+                while c < end {
+                    if self.eval_at(c, attrs, pool) {
+                        return true;
+                    }
+                    c += node_size(code, c);
+                }
+                false
+            }
+            OP_NOT => !self.eval_at(body, attrs, pool),
+            op => {
+                let (attr, at) = pred_attr(code, body);
+                match attrs.get(attr) {
+                    None => false,
+                    Some(v) => eval_test(&decode_test(code, op, at), v, pool),
+                }
+            }
         }
+    }
+}
+
+/// A predicate's attribute name and the position of its test.
+fn pred_attr(code: &[u8], body: usize) -> (&str, usize) {
+    let name_len = code[body] as usize;
+    let name = &code[body + 1..body + 1 + name_len];
+    // Names are ASCII by the grammar; the fallback is unreachable.
+    (std::str::from_utf8(name).unwrap_or(""), body + 1 + name_len)
+}
+
+fn decode_test(code: &[u8], op: u8, at: usize) -> PredTest<'_> {
+    match op {
+        OP_CMP => PredTest::Cmp(cmp_from_u8(code[at]), read_lit(code, at + 1).0),
+        OP_IN | OP_NOT_IN => PredTest::In {
+            negated: op == OP_NOT_IN,
+            items: Lits {
+                code,
+                pos: at + 2,
+                left: u16_at(code, at),
+            },
+        },
+        OP_REGEX => PredTest::Regex(u32_at(code, at)),
+        OP_EXISTS => PredTest::Exists,
+        OP_PREFIX => PredTest::Prefix(read_bytes(code, at)),
+        _ => PredTest::Suffix(read_bytes(code, at)),
     }
 }
 
@@ -340,14 +387,11 @@ fn finish(at: usize, out: &mut [u8]) {
 fn emit(e: &Expr, pool: &mut RegexPool, out: &mut Vec<u8>) {
     match e {
         Expr::And(children) | Expr::Or(children) => {
-            let at = begin(
-                if matches!(e, Expr::And(_)) {
-                    OP_AND
-                } else {
-                    OP_OR
-                },
-                out,
-            );
+            let is_and = matches!(e, Expr::And(_));
+            let at = begin(if is_and { OP_AND } else { OP_OR }, out);
+            if is_and {
+                out.extend_from_slice(&[NO_CHOICE, NO_CHOICE]);
+            }
             for c in children {
                 emit(c, pool, out);
             }

@@ -7,8 +7,9 @@
 //! engine and the baseline are interleaved and the median is reported, because the machine is
 //! shared and noisy.
 //!
-//! Arguments (after `--`): workload names to run (`w1 w2 w3 churn`, default all), `--quick`
-//! for a smaller, faster run (smoke test, not for reported figures).
+//! Arguments (after `--`): workload names to run (`w1 w1-dense w1-unique w2 w3 churn`,
+//! default all; `w1` includes its variants unless `--quick`), `--quick` for a smaller,
+//! faster run (smoke test, not for reported figures).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
@@ -79,8 +80,13 @@ fn main() {
         }
     );
     if opts.wants("w1") {
-        w1(&opts, false, &mut rows);
-        w1(&opts, true, &mut rows);
+        w1(&opts, Variant::Selective, &mut rows);
+    }
+    if opts.wants("w1-dense") || opts.wants("w1") && !opts.quick {
+        w1(&opts, Variant::Dense, &mut rows);
+    }
+    if opts.wants("w1-unique") || opts.wants("w1") && !opts.quick {
+        w1(&opts, Variant::UniqueRegexes, &mut rows);
     }
     if opts.wants("w2") {
         w2(&opts, &mut rows);
@@ -187,17 +193,18 @@ fn spread_pct(times: &[Duration]) -> String {
     )
 }
 
-fn w1(opts: &Opts, unique_regexes: bool, rows: &mut Vec<Row>) {
-    let name = if unique_regexes {
-        "W1 (every regex distinct)"
-    } else {
-        "W1"
+fn w1(opts: &Opts, variant: Variant, rows: &mut Vec<Row>) {
+    let name = match variant {
+        Variant::Selective => "W1",
+        Variant::Dense => "W1-dense",
+        Variant::UniqueRegexes => "W1-unique-regex",
     };
+    let main = variant == Variant::Selective;
     let n_subs = if opts.quick { 100_000 } else { 1_000_000 };
     let n_events = if opts.quick { 20_000 } else { 200_000 };
     let n_naive = if opts.quick { 200 } else { 2_000 };
     println!("\n== {name}: {n_subs} subscriptions over {W1_TOPICS} topics (Zipf 1.0), 5-attribute events");
-    let gen = W1::new(unique_regexes);
+    let gen = W1::new(variant);
     let mut r = rng(1);
     let subs: Vec<Sub> = (0..n_subs).map(|_| gen.sub(&mut r)).collect();
     let events = parse_events((0..n_events).map(|_| gen.event(&mut r)).collect());
@@ -210,6 +217,39 @@ fn w1(opts: &Opts, unique_regexes: bool, rows: &mut Vec<Row>) {
         st.topics, st.indexed_buckets, st.regexes, heap as f64 / 1e6, rss as f64 / 1e6, rss as f64 / n_subs as f64
     );
 
+    if std::env::var_os("SIFT_BENCH_KINDS").is_some() {
+        let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut naive: HashMap<&str, Vec<(&str, Filter)>> = HashMap::new();
+        for s in &subs {
+            naive
+                .entry(&s.pattern)
+                .or_default()
+                .push((&s.filter, Filter::parse(&s.filter).unwrap()));
+        }
+        for e in &events[..2000] {
+            for (text, f) in naive.get(e.topic.as_str()).map(|v| &v[..]).unwrap_or(&[]) {
+                if f.matches(&e.attrs) {
+                    let kind: String = text
+                        .split(|c: char| c == ' ' || c == '(')
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    *by_kind.entry(kind).or_default() += 1;
+                }
+            }
+        }
+        for (k, n) in by_kind {
+            println!("{k:30} {:.3}", n as f64 / 2000.0);
+        }
+        return;
+    }
+    if std::env::var_os("SIFT_BENCH_PROFILE").is_some() {
+        // For `perf record`: only the engine's matching loop, for a while.
+        for _ in 0..20 {
+            run_engine(&mut engine, &events);
+        }
+        return;
+    }
     // The baseline: per topic, every subscription's parsed filter.
     let mut naive: HashMap<String, Vec<Filter>> = HashMap::new();
     for s in &subs {
@@ -250,22 +290,19 @@ fn w1(opts: &Opts, unique_regexes: bool, rows: &mut Vec<Row>) {
         engine: fmt_rate(e_rate),
         baseline: fmt_rate(n_rate),
         ratio: format!("{:.0}x", e_rate / n_rate),
-        goal: if unique_regexes {
-            "(stress variant)".into()
+        goal: if main {
+            ">= 1,000,000/s and >= 20x"
         } else {
-            ">= 1,000,000/s and >= 20x".into()
-        },
+            "(variant)"
+        }
+        .into(),
     });
     rows.push(Row {
         name: format!("{name} memory, bytes/subscription"),
         engine: format!("{per_sub:.0} heap, {:.0} RSS", rss as f64 / n_subs as f64),
         baseline: "-".into(),
         ratio: "-".into(),
-        goal: if unique_regexes {
-            "(stress variant)".into()
-        } else {
-            "<= 300".into()
-        },
+        goal: if main { "<= 300" } else { "(variant)" }.into(),
     });
 }
 
@@ -389,7 +426,7 @@ fn w3(opts: &Opts, rows: &mut Vec<Row>) {
 fn churn(opts: &Opts, rows: &mut Vec<Row>) {
     let n = if opts.quick { 100_000 } else { 1_000_000 };
     println!("\n== churn: subscribe / unsubscribe / expire ({n} W1 subscriptions)");
-    let gen = W1::new(false);
+    let gen = W1::new(Variant::Selective);
     let mut r = rng(4);
     let subs: Vec<(Pattern, Filter)> = (0..n)
         .map(|_| {

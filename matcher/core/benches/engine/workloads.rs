@@ -33,22 +33,46 @@ pub const W1_TOPICS: usize = 100_000;
 const W1_REGIONS: usize = 16;
 const W1_CUSTOMERS: usize = 100_000;
 const W1_SKUS: usize = 1_000_000;
-const W1_QTY_MAX: i64 = 1000;
 /// Distinct regex patterns in W1: users' regexes repeat (the same app deployed many times),
-/// and each distinct pattern is compiled once. See `w1_unique_regex` for the other extreme.
+/// and each distinct pattern is compiled once. `Variant::UniqueRegexes` is the other extreme.
 const W1_REGEX_VOCAB: usize = 2000;
+
+/// Which W1 variant to generate.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Variant {
+    /// Selective filters, as content-based subscriptions usually are: each tracks an entity
+    /// (a customer, a sku) or a narrow range; about 1-2 matches per event.
+    Selective,
+    /// The same shapes with broader literals (narrower value domains, wider ranges): about
+    /// 13 matches per event, to show how throughput follows the number of matches.
+    Dense,
+    /// Selective, but every regex pattern distinct (no sharing of compiled regexes).
+    UniqueRegexes,
+}
 
 pub struct W1 {
     zipf: Zipf<f64>,
-    unique_regexes: bool,
+    variant: Variant,
+    /// `qty` takes values 1..=qty_max.
+    qty_max: i64,
 }
 
 impl W1 {
-    pub fn new(unique_regexes: bool) -> W1 {
+    pub fn new(variant: Variant) -> W1 {
+        let qty_max = if variant == Variant::Dense {
+            1000
+        } else {
+            10_000
+        };
         W1 {
             zipf: Zipf::new(W1_TOPICS as f64, 1.0).expect("valid zipf"),
-            unique_regexes,
+            variant,
+            qty_max,
         }
+    }
+
+    fn dense(&self) -> bool {
+        self.variant == Variant::Dense
     }
 
     fn topic(&self, r: &mut Rng8) -> String {
@@ -71,15 +95,15 @@ impl W1 {
         );
         let cents: i64 = r.random_range(0..100_000);
         attrs.insert("price".into(), Value::Float(cents as f64 / 100.0));
-        attrs.insert("qty".into(), Value::Int(r.random_range(1..=W1_QTY_MAX)));
+        attrs.insert("qty".into(), Value::Int(r.random_range(1..=self.qty_max)));
         Ev {
             topic: self.topic(r),
             attrs,
         }
     }
 
-    /// A filter of 1-3 predicates: a selective primary predicate (60% equality/in, 30%
-    /// range, 10% regex/prefix) and 0-2 broader ones drawn from the same mix.
+    /// A filter of 1-3 predicates: a primary predicate (60% equality/in, 30% range, 10%
+    /// regex/prefix) and 0-2 broader ones drawn from the same mix.
     pub fn sub(&self, r: &mut Rng8) -> Sub {
         let n = r.random_range(1..=3usize);
         let (mut preds, mut count) = self.primary(r);
@@ -104,15 +128,16 @@ impl W1 {
     fn primary(&self, r: &mut Rng8) -> (Vec<String>, usize) {
         let p: f64 = r.random();
         let one = |t: String| (vec![t], 1);
+        let qty = |r: &mut Rng8| r.random_range(1..=self.qty_max);
         if p < 0.60 {
-            match r.random_range(0..5) {
-                0 => one(format!(
+            match r.random_range(0..20) {
+                0..=4 => one(format!(
                     "customer == \"c{}\"",
                     r.random_range(0..W1_CUSTOMERS)
                 )),
-                1 => one(format!("sku == \"sku-{:07}\"", r.random_range(0..W1_SKUS))),
-                2 => one(format!("qty == {}", r.random_range(1..=W1_QTY_MAX))),
-                3 => {
+                5..=7 => one(format!("sku == \"sku-{:07}\"", r.random_range(0..W1_SKUS))),
+                8..=11 => one(format!("qty == {}", qty(r))),
+                12..=16 => {
                     let k = r.random_range(2..=8);
                     let items: Vec<String> = (0..k)
                         .map(|_| format!("\"c{}\"", r.random_range(0..W1_CUSTOMERS)))
@@ -121,41 +146,53 @@ impl W1 {
                 }
                 _ => {
                     let k = r.random_range(2..=4);
-                    let items: Vec<String> = (0..k)
-                        .map(|_| r.random_range(1..=W1_QTY_MAX).to_string())
-                        .collect();
+                    let items: Vec<String> = (0..k).map(|_| qty(r).to_string()).collect();
                     one(format!("qty in [{}]", items.join(", ")))
                 }
             }
         } else if p < 0.90 {
+            let widths: [f64; 3] = if self.dense() {
+                [0.5, 1.0, 2.0]
+            } else {
+                [0.1, 0.5, 1.0]
+            };
             match r.random_range(0..3) {
                 0 => {
                     let lo = r.random_range(0..99_800) as f64 / 100.0;
-                    let w = [0.5, 1.0, 2.0][r.random_range(0..3)];
-                    (
-                        vec![format!("price >= {lo:?}"), format!("price < {:?}", lo + w)],
-                        2,
-                    )
+                    let w = widths[r.random_range(0..3)];
+                    // Two predicates that stay together (an OR never splits them).
+                    (vec![format!("price >= {lo:?} && price < {:?}", lo + w)], 2)
                 }
-                1 => one(format!("qty > {}", r.random_range(995..W1_QTY_MAX))),
-                _ => one(format!(
-                    "price < {:?}",
-                    r.random_range(1..100) as f64 / 100.0
-                )),
+                1 => {
+                    let span = if self.dense() { 5 } else { 20 };
+                    one(format!("qty > {}", self.qty_max - r.random_range(1..=span)))
+                }
+                _ => {
+                    let top = if self.dense() { 100 } else { 20 };
+                    one(format!(
+                        "price < {:?}",
+                        r.random_range(1..top) as f64 / 100.0
+                    ))
+                }
             }
         } else if r.random_bool(0.5) {
-            let id = if self.unique_regexes {
-                r.random_range(0..100_000)
-            } else {
-                r.random_range(0..W1_REGEX_VOCAB)
+            let fixed = if self.dense() { 5 } else { 6 };
+            let id = match self.variant {
+                Variant::UniqueRegexes => r.random_range(0..10usize.pow(fixed)),
+                _ => r.random_range(0..W1_REGEX_VOCAB),
             };
-            // Fixes five of seven digits: about 100 of 1M skus.
-            one(format!("sku ~ \"^sku-{:05}[0-9]{{2}}$\"", id))
-        } else {
+            let free = 7 - fixed;
             one(format!(
-                "prefix(customer, \"c{}\")",
-                r.random_range(100..1000)
+                "sku ~ \"^sku-{id:0width$}[0-9]{{{free}}}$\"",
+                width = fixed as usize
             ))
+        } else {
+            let digits = if self.dense() {
+                100..1000
+            } else {
+                1000..10_000
+            };
+            one(format!("prefix(customer, \"c{}\")", r.random_range(digits)))
         }
     }
 
@@ -173,7 +210,7 @@ impl W1 {
             }
         } else if p < 0.90 {
             if r.random_bool(0.5) {
-                format!("qty > {}", r.random_range(1..W1_QTY_MAX))
+                format!("qty > {}", r.random_range(1..self.qty_max))
             } else {
                 format!("price <= {:?}", r.random_range(1..1000) as f64)
             }

@@ -12,7 +12,7 @@ use std::hash::BuildHasher;
 use sift_protocol::{Attributes, Value};
 
 use crate::keys::{KeyRef, NumKey};
-use crate::plan::{Access, Plan};
+use crate::plan::{Access, BucketStats, Plan};
 use crate::regex_pool::RegexPool;
 use affix::{AffixIndex, End};
 use postings::Postings;
@@ -47,6 +47,10 @@ impl Bucket {
 /// The index of one bucket.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
+    /// Statistics the access keys were chosen with.
+    pub(crate) stats: BucketStats,
+    /// How many subscriptions the bucket had when this index was built.
+    pub(crate) built_len: usize,
     /// Empty filters: match without evaluation.
     always: SlotList,
     /// Filters without access keys: evaluated for every event.
@@ -78,7 +82,7 @@ impl AttrIndex {
     }
 
     fn query<S: BuildHasher>(
-        &self,
+        &mut self,
         v: &Value,
         state: &S,
         pool: &RegexPool,
@@ -99,7 +103,8 @@ impl AttrIndex {
                 if let Some(a) = &self.suffix {
                     a.query(state, End::Suffix, s.as_bytes(), &mut *f);
                 }
-                if let Some(r) = &self.regex {
+                if let Some(r) = &mut self.regex {
+                    r.tune(pool);
                     r.query(s, pool, &mut *f);
                 }
             }
@@ -118,6 +123,14 @@ fn owned(b: Option<(&[u8], bool)>) -> Option<(Box<[u8]>, bool)> {
 }
 
 impl Index {
+    pub(crate) fn new(stats: BucketStats, built_len: usize) -> Index {
+        Index {
+            stats,
+            built_len,
+            ..Index::default()
+        }
+    }
+
     fn attr_mut(&mut self, name: &str) -> &mut AttrIndex {
         let i = match self.attrs.binary_search_by(|(n, _)| (**n).cmp(name)) {
             Ok(i) => i,
@@ -223,9 +236,10 @@ impl Index {
     }
 
     /// Calls `f(slot, needs_eval)` for every subscription the event could match. A slot may
-    /// be reported more than once (several keys hit); the caller deduplicates.
+    /// be reported more than once (several keys hit); the caller deduplicates. Takes `&mut`
+    /// only to let regex sets rebuild themselves when queries have paid for it.
     pub(crate) fn candidates<S: BuildHasher>(
-        &self,
+        &mut self,
         attrs: &Attributes,
         state: &S,
         pool: &RegexPool,
@@ -238,10 +252,10 @@ impl Index {
         }
         let mut report = |s| f(s, true);
         // Both sides are sorted by name: walk them together.
-        let mut mine = self.attrs.iter().peekable();
+        let mut mine = self.attrs.iter_mut().peekable();
         for (name, value) in attrs {
             while mine.next_if(|(n, _)| **n < **name).is_some() {}
-            match mine.peek() {
+            match mine.peek_mut() {
                 None => return,
                 Some((n, ai)) if **n == **name => ai.query(value, state, pool, &mut report),
                 Some(_) => {}

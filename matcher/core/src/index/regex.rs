@@ -1,8 +1,11 @@
 //! All regexes of one attribute in one bucket, matched in one `regex::RegexSet` pass.
 //!
-//! The set is rebuilt lazily: new patterns wait in a short pending list (each checked with
-//! its own interned `Regex`) until the list outgrows a quarter of the set, and removed
-//! patterns stay in the set (ignored) until they are half of it. Below
+//! The set is rebuilt lazily, "rent or buy": new patterns wait in a pending list, each
+//! checked with its own interned `Regex` (rent), until the checks spent on pending patterns
+//! since the last build reach [`REBUY_FACTOR`] times the set's size, about what a rebuild costs
+//! (buy). So a stable set is rebuilt once and then queried in one pass, and heavy churn
+//! cannot force a rebuild per change. The pending list is also capped, bounding a query's
+//! cost. Removed patterns stay in the set (ignored) until they are half of it. Below
 //! [`REGEX_SET_MIN`] patterns there is no set at all.
 
 use std::collections::BTreeMap;
@@ -17,6 +20,13 @@ use crate::regex_pool::{RegexId, RegexPool};
 pub(crate) const REGEX_SET_MIN: usize = 8;
 /// Cap on a set's compiled size, in bytes; a larger set is split off into the pending list.
 const REGEX_SET_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Lazy-DFA cache of a set, in bytes per pattern (capped): many patterns need more states.
+const REGEX_SET_DFA_BYTES_PER_PATTERN: usize = 16 * 1024;
+const REGEX_SET_DFA_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// A pending pattern check is worth about 1/REBUY_FACTOR of compiling one pattern into a set.
+const REBUY_FACTOR: u64 = 100;
+/// Most pending patterns before a rebuild is forced regardless of queries.
+const PENDING_MAX: usize = 64;
 
 #[derive(Debug, Default)]
 pub(crate) struct RegexIndex {
@@ -28,6 +38,8 @@ pub(crate) struct RegexIndex {
     pending: Vec<RegexId>,
     /// Ids in the set that no longer have entries.
     stale: usize,
+    /// Pending-pattern checks done by queries since the last build.
+    pending_checks: u64,
 }
 
 impl RegexIndex {
@@ -82,7 +94,18 @@ impl RegexIndex {
             }
             return;
         }
-        if self.pending.len() > 4.max(set_len / 4) || self.stale * 2 > set_len {
+        if self.pending.len() > PENDING_MAX.max(set_len / 4) || self.stale * 2 > set_len {
+            self.rebuild(pool);
+        }
+    }
+
+    /// Rebuilds when the pending checks paid since the last build would have paid for it.
+    pub(crate) fn tune(&mut self, pool: &RegexPool) {
+        if self.pending.is_empty() || self.entries.len() < REGEX_SET_MIN {
+            return;
+        }
+        self.pending_checks += self.pending.len() as u64;
+        if self.pending_checks > REBUY_FACTOR * self.entries.len() as u64 {
             self.rebuild(pool);
         }
     }
@@ -93,11 +116,15 @@ impl RegexIndex {
         let size = REGEX_COMPILED_BYTES_MAX
             .saturating_mul(ids.len())
             .min(REGEX_SET_BYTES_MAX);
+        let dfa = REGEX_SET_DFA_BYTES_PER_PATTERN
+            .saturating_mul(ids.len())
+            .clamp(REGEX_DFA_BYTES_MAX, REGEX_SET_DFA_BYTES_MAX);
         let built = RegexSetBuilder::new(patterns)
             .size_limit(size)
-            .dfa_size_limit(REGEX_DFA_BYTES_MAX)
+            .dfa_size_limit(dfa)
             .build();
         self.stale = 0;
+        self.pending_checks = 0;
         match built {
             Ok(set) => {
                 self.set = Some((set, ids));
