@@ -230,7 +230,7 @@ fn w1(opts: &Opts, variant: Variant, rows: &mut Vec<Row>) {
             for (text, f) in naive.get(e.topic.as_str()).map(|v| &v[..]).unwrap_or(&[]) {
                 if f.matches(&e.attrs) {
                     let kind: String = text
-                        .split(|c: char| c == ' ' || c == '(')
+                        .split([' ', '('])
                         .take(2)
                         .collect::<Vec<_>>()
                         .join(" ");
