@@ -280,6 +280,8 @@ error_codes! {
     NotRenewable = 23,
     /// The group's key attribute differs from the one its members use.
     GroupConflict = 24,
+    /// A node-wide limit other than the subscription count is reached.
+    LimitReached = 25,
     /// This node does not own the topic at its ring version; refresh the ring and retry.
     NotOwner = 30,
     /// Authentication failed.

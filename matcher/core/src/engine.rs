@@ -7,10 +7,11 @@ use sift_protocol::event::check_attr_name;
 use sift_protocol::frame::ExpirySpec;
 use sift_protocol::{Attributes, DeliveryMode, Filter, SubscriptionId, Topic};
 
+use crate::attrs::{AttrNames, EventView, ATTR_NAMES_MAX};
 use crate::groups::{GroupId, Groups, NO_GROUP};
 use crate::index::{Bucket, Index, Slot};
 use crate::plan::{choose, plan, BucketStats};
-use crate::prog::Prog;
+use crate::prog::{attr_names, Prog};
 use crate::regex_pool::RegexPool;
 use crate::trie::{BucketId, Trie};
 use crate::types::*;
@@ -38,23 +39,74 @@ fn rebuild_index(
     bucket.index = Some(index);
 }
 
+/// The part of a subscription that matching touches, in one cache line with the program
+/// inline when it is small: a candidate costs one memory access.
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Record {
     id: SubscriptionId,
     /// Expires when `now >= deadline` (ms).
     deadline: u64,
+    /// Last match call that considered this record (deduplicates index hits).
+    stamp: u32,
+    /// Group id in the low 31 bits ([`GROUP_BITS`] all set for none); the top bit marks
+    /// at-least-once delivery.
+    group_mode: u32,
     prog: Prog,
+}
+
+const MODE_BIT: u32 = 1 << 31;
+const GROUP_BITS: u32 = !MODE_BIT;
+
+impl Record {
+    fn new(
+        id: SubscriptionId,
+        deadline: u64,
+        group: GroupId,
+        mode: DeliveryMode,
+        prog: Prog,
+    ) -> Record {
+        debug_assert!(group == NO_GROUP || group < GROUP_BITS);
+        let mode_bit = if mode == DeliveryMode::AtLeastOnce {
+            MODE_BIT
+        } else {
+            0
+        };
+        Record {
+            id,
+            deadline,
+            stamp: 0,
+            group_mode: (group & GROUP_BITS) | mode_bit,
+            prog,
+        }
+    }
+
+    fn group(&self) -> GroupId {
+        match self.group_mode & GROUP_BITS {
+            GROUP_BITS => NO_GROUP,
+            g => g,
+        }
+    }
+
+    fn mode(&self) -> DeliveryMode {
+        if self.group_mode & MODE_BIT != 0 {
+            DeliveryMode::AtLeastOnce
+        } else {
+            DeliveryMode::AtMostOnce
+        }
+    }
+}
+
+/// The rest of a subscription: touched on subscribe, unsubscribe, renew and expiry only.
+#[derive(Debug)]
+struct Meta {
     bucket: BucketId,
     /// Position in the bucket's slot list.
     pos: u32,
-    /// Last match call that considered this record (deduplicates index hits).
-    stamp: u32,
     /// Bumped when the slot is reused, so stale timer entries are recognised.
     gen: u32,
     /// Lease length for renewals; 0 for a hard deadline.
     lease_ms: u32,
-    group: GroupId,
-    mode: DeliveryMode,
     live: bool,
 }
 
@@ -81,6 +133,7 @@ pub struct Engine {
     config: EngineConfig,
     state: FixedState,
     records: Vec<Record>,
+    meta: Vec<Meta>,
     free: Vec<Slot>,
     by_id: HashMap<SubscriptionId, Slot>,
     topics: HashMap<Box<str>, BucketId>,
@@ -88,6 +141,7 @@ pub struct Engine {
     free_buckets: Vec<BucketId>,
     trie: Trie,
     pool: RegexPool,
+    names: AttrNames,
     groups: Groups,
     wheel: Wheel<(Slot, u32)>,
     /// Timer entries already taken from the wheel, waiting for `expire`.
@@ -97,6 +151,8 @@ pub struct Engine {
     scratch_buckets: Vec<BucketId>,
     scratch_groups: Vec<(GroupId, u64, Slot)>,
     scratch_members: Vec<(u64, Slot)>,
+    /// Candidates of the current event: (slot, needs evaluation).
+    scratch_candidates: Vec<(Slot, bool)>,
     counters: Stats,
 }
 
@@ -113,6 +169,7 @@ impl Engine {
             state: FixedState::with_seed(config.hash_seed),
             config,
             records: Vec::new(),
+            meta: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
             topics: HashMap::new(),
@@ -120,6 +177,7 @@ impl Engine {
             free_buckets: Vec::new(),
             trie: Trie::default(),
             pool: RegexPool::default(),
+            names: AttrNames::default(),
             groups: Groups::default(),
             wheel: Wheel::new(0),
             fired: Vec::new(),
@@ -128,6 +186,7 @@ impl Engine {
             scratch_buckets: Vec::new(),
             scratch_groups: Vec::new(),
             scratch_members: Vec::new(),
+            scratch_candidates: Vec::new(),
             counters: Stats::default(),
         }
     }
@@ -144,14 +203,15 @@ impl Engine {
 
     /// What the engine knows of subscription `id`.
     pub fn get(&self, id: SubscriptionId) -> Option<SubscriptionInfo<'_>> {
-        let rec = &self.records[*self.by_id.get(&id)? as usize];
-        let bucket = self.bucket(rec.bucket);
+        let slot = *self.by_id.get(&id)? as usize;
+        let (rec, meta) = (&self.records[slot], &self.meta[slot]);
+        let bucket = self.bucket(meta.bucket);
         Some(SubscriptionInfo {
             pattern: &bucket.key,
             deadline: Timestamp(rec.deadline),
-            renewable: rec.lease_ms != 0,
-            mode: rec.mode,
-            group: (rec.group != NO_GROUP).then(|| self.groups.name(rec.group)),
+            renewable: meta.lease_ms != 0,
+            mode: rec.mode(),
+            group: (rec.group() != NO_GROUP).then(|| self.groups.name(rec.group())),
         })
     }
 
@@ -173,6 +233,17 @@ impl Engine {
         }
         // In range of u32 by the check above.
         Ok((ms, if renewable { ms as u32 } else { 0 }))
+    }
+
+    /// Checks that the filter's new attribute names fit in the name table.
+    fn check_names(&self, filter: &Filter) -> Result<(), SubscribeError> {
+        let missing = self.names.missing(attr_names(filter.expr()).into_iter());
+        if missing > self.names.room() {
+            return Err(SubscribeError::TooManyAttributeNames {
+                max: ATTR_NAMES_MAX,
+            });
+        }
+        Ok(())
     }
 
     fn join_group(&mut self, sub: &NewSubscription) -> Result<GroupId, SubscribeError> {
@@ -210,43 +281,42 @@ impl Engine {
             return Err(SubscribeError::TooMany { max });
         }
         let (ms, lease_ms) = self.check_expiry(sub.expiry)?;
+        self.check_names(&sub.filter)?;
         let group = self.join_group(&sub)?;
         self.sync_wheel(now);
 
-        let prog = Prog::compile(sub.filter.expr(), &mut self.pool);
+        let prog = Prog::compile(sub.filter.expr(), &mut self.pool, &mut self.names);
         let bucket = self.bucket_for(&sub);
         let deadline = now.0.saturating_add(ms);
-        let slot = self.alloc_record(Record {
-            id: sub.id,
-            deadline,
-            prog,
+        let rec = Record::new(sub.id, deadline, group, sub.mode, prog);
+        let meta = Meta {
             bucket,
             pos: 0,
-            stamp: 0,
             gen: 0,
             lease_ms,
-            group,
-            mode: sub.mode,
             live: true,
-        });
+        };
+        let slot = self.alloc_record(rec, meta);
         self.attach(slot);
         self.wheel
-            .insert(deadline, (slot, self.records[slot as usize].gen));
+            .insert(deadline, (slot, self.meta[slot as usize].gen));
         self.by_id.insert(sub.id, slot);
         Ok(())
     }
 
-    fn alloc_record(&mut self, mut rec: Record) -> Slot {
+    fn alloc_record(&mut self, rec: Record, mut meta: Meta) -> Slot {
         match self.free.pop() {
             Some(slot) => {
-                let old = &self.records[slot as usize];
+                let old = &self.meta[slot as usize];
                 debug_assert!(!old.live);
-                rec.gen = old.gen.wrapping_add(1);
+                meta.gen = old.gen.wrapping_add(1);
                 self.records[slot as usize] = rec;
+                self.meta[slot as usize] = meta;
                 slot
             }
             None => {
                 self.records.push(rec);
+                self.meta.push(meta);
                 (self.records.len() - 1) as Slot
             }
         }
@@ -286,6 +356,7 @@ impl Engine {
     fn attach(&mut self, slot: Slot) {
         let Engine {
             records,
+            meta,
             buckets,
             state,
             pool,
@@ -293,17 +364,18 @@ impl Engine {
             config,
             ..
         } = self;
-        let rec = &mut records[slot as usize];
-        let Some(bucket) = buckets[rec.bucket as usize].as_mut() else {
+        let m = &mut meta[slot as usize];
+        let Some(bucket) = buckets[m.bucket as usize].as_mut() else {
             unreachable!("a new record's bucket exists")
         };
-        rec.pos = bucket.slots.len() as u32;
+        m.pos = bucket.slots.len() as u32;
         bucket.slots.push(slot);
         let len = bucket.slots.len();
         match &mut bucket.index {
             Some(index) if len < 2 * index.built_len => {
-                choose(&mut rec.prog, &index.stats);
-                index.insert(&plan(&rec.prog, state), slot, state, pool);
+                let prog = &mut records[slot as usize].prog;
+                choose(prog, &index.stats);
+                index.insert(&plan(prog, state), slot, state, pool);
             }
             // Doubled since the last build: re-plan everyone with fresher statistics.
             Some(_) => rebuild_index(bucket, records, state, pool),
@@ -319,6 +391,7 @@ impl Engine {
     fn detach(&mut self, slot: Slot) {
         let Engine {
             records,
+            meta,
             buckets,
             state,
             pool,
@@ -329,19 +402,23 @@ impl Engine {
             config,
             ..
         } = self;
-        let rec = &records[slot as usize];
-        let bucket_id = rec.bucket;
-        let pos = rec.pos as usize;
+        let bucket_id = meta[slot as usize].bucket;
+        let pos = meta[slot as usize].pos as usize;
         let Some(bucket) = buckets[bucket_id as usize].as_mut() else {
             unreachable!("a live record's bucket exists")
         };
         if let Some(index) = &mut bucket.index {
-            index.remove(&plan(&rec.prog, state), slot, state, pool);
+            index.remove(
+                &plan(&records[slot as usize].prog, state),
+                slot,
+                state,
+                pool,
+            );
         }
         debug_assert_eq!(bucket.slots[pos], slot);
         bucket.slots.swap_remove(pos);
         if let Some(&moved) = bucket.slots.get(pos) {
-            records[moved as usize].pos = pos as u32;
+            meta[moved as usize].pos = pos as u32;
         }
         let len = bucket.slots.len();
         match &bucket.index {
@@ -368,12 +445,12 @@ impl Engine {
 
     fn remove_slot(&mut self, slot: Slot) {
         self.detach(slot);
+        self.meta[slot as usize].live = false;
         let rec = &mut self.records[slot as usize];
-        rec.live = false;
         let prog = std::mem::take(&mut rec.prog);
-        prog.release(&mut self.pool);
-        if rec.group != NO_GROUP {
-            self.groups.leave(rec.group);
+        prog.release(&mut self.pool, &mut self.names);
+        if rec.group() != NO_GROUP {
+            self.groups.leave(rec.group());
         }
         self.by_id.remove(&rec.id);
         self.free.push(slot);
@@ -389,8 +466,9 @@ impl Engine {
     /// Extends a lease to `now` + its length; returns the new deadline.
     pub fn renew(&mut self, now: Timestamp, id: SubscriptionId) -> Result<Timestamp, RenewError> {
         let slot = *self.by_id.get(&id).ok_or(RenewError::Unknown(id))?;
+        let lease_ms = self.meta[slot as usize].lease_ms;
         let rec = &mut self.records[slot as usize];
-        if rec.lease_ms == 0 {
+        if lease_ms == 0 {
             return Err(RenewError::NotRenewable(id));
         }
         if rec.deadline <= now.0 {
@@ -399,7 +477,7 @@ impl Engine {
         }
         // The timer entry stays where it is; when it fires, `expire` sees the later deadline
         // and re-arms it. So a renewal is O(1) and adds no timer entry.
-        rec.deadline = now.0.saturating_add(u64::from(rec.lease_ms));
+        rec.deadline = now.0.saturating_add(u64::from(lease_ms));
         Ok(Timestamp(rec.deadline))
     }
 
@@ -409,27 +487,34 @@ impl Engine {
         &mut self,
         id: SubscriptionId,
         filter: &Filter,
-    ) -> Result<(), UnknownSubscription> {
-        let slot = *self.by_id.get(&id).ok_or(UnknownSubscription(id))?;
+    ) -> Result<(), SetFilterError> {
+        let slot = *self.by_id.get(&id).ok_or(SetFilterError::Unknown(id))?;
+        if self.check_names(filter).is_err() {
+            return Err(SetFilterError::TooManyAttributeNames {
+                max: ATTR_NAMES_MAX,
+            });
+        }
         let Engine {
             records,
+            meta,
             buckets,
             state,
             pool,
+            names,
             ..
         } = self;
         let rec = &mut records[slot as usize];
-        let Some(bucket) = buckets[rec.bucket as usize].as_mut() else {
+        let Some(bucket) = buckets[meta[slot as usize].bucket as usize].as_mut() else {
             unreachable!("a live record's bucket exists")
         };
-        let mut new = Prog::compile(filter.expr(), pool);
+        let mut new = Prog::compile(filter.expr(), pool, names);
         if let Some(index) = &mut bucket.index {
             index.remove(&plan(&rec.prog, state), slot, state, pool);
             choose(&mut new, &index.stats);
             index.insert(&plan(&new, state), slot, state, pool);
         }
         let old = std::mem::replace(&mut rec.prog, new);
-        old.release(pool);
+        old.release(pool, names);
         Ok(())
     }
 
@@ -443,10 +528,11 @@ impl Engine {
         self.sync_wheel(now);
         let fired = std::mem::take(&mut self.fired);
         for &(slot, gen) in &fired {
-            let rec = &self.records[slot as usize];
-            if !rec.live || rec.gen != gen {
+            let m = &self.meta[slot as usize];
+            if !m.live || m.gen != gen {
                 continue; // the subscription went away; its timer entry is stale
             }
+            let rec = &self.records[slot as usize];
             if rec.deadline <= now.0 {
                 out.push(rec.id);
                 self.counters.expired += 1;
@@ -494,44 +580,60 @@ impl Engine {
             epoch,
             scratch_buckets,
             scratch_groups,
+            scratch_candidates: cands,
             counters,
+            names,
             ..
         } = self;
         let start = out.len();
         scratch_groups.clear();
-        let epoch = *epoch;
-        let mut consider = |slot: Slot, needs_eval: bool| {
-            let rec = &mut records[slot as usize];
-            if rec.stamp == epoch {
-                return;
-            }
-            rec.stamp = epoch;
-            counters.candidates += 1;
-            if rec.deadline <= now.0 {
-                return;
-            }
-            if needs_eval && !rec.prog.is_empty() {
-                counters.evaluations += 1;
-                if !rec.prog.eval(attrs, pool) {
-                    return;
-                }
-            }
-            if rec.group == NO_GROUP {
-                out.push(Match {
-                    id: rec.id,
-                    mode: rec.mode,
-                });
-            } else {
-                scratch_groups.push((rec.group, rec.id.0, slot));
-            }
-        };
+        cands.clear();
+        let view = EventView::new(names, attrs);
         for &b in scratch_buckets.iter() {
             let Some(bucket) = &mut buckets[b as usize] else {
                 continue;
             };
             match &mut bucket.index {
-                None => bucket.slots.iter().for_each(|&s| consider(s, true)),
-                Some(index) => index.candidates(attrs, state, pool, &mut consider),
+                None => cands.extend(bucket.slots.iter().map(|&s| (s, true))),
+                Some(index) => {
+                    index.candidates(&view, state, pool, |s, eval| cands.push((s, eval)))
+                }
+            }
+        }
+        counters.candidates += cands.len() as u64;
+        // Memory-level parallelism: candidates are scattered over the record table, and
+        // touching them all in a tight loop with no branches lets the CPU overlap the cache
+        // misses, instead of taking them one after the other inside `consider`.
+        let mut touched = 0u64;
+        for &(slot, _) in cands.iter() {
+            touched = touched.wrapping_add(records[slot as usize].deadline);
+        }
+        for &(slot, _) in cands.iter() {
+            touched = touched.wrapping_add(u64::from(records[slot as usize].prog.first_byte()));
+        }
+        std::hint::black_box(touched);
+        let epoch = *epoch;
+        for &(slot, needs_eval) in cands.iter() {
+            let rec = &mut records[slot as usize];
+            if rec.stamp == epoch {
+                continue;
+            }
+            rec.stamp = epoch;
+            if rec.deadline <= now.0 {
+                continue;
+            }
+            if needs_eval && !rec.prog.is_empty() {
+                counters.evaluations += 1;
+                if !rec.prog.eval(&view, pool) {
+                    continue;
+                }
+            }
+            match rec.group() {
+                NO_GROUP => out.push(Match {
+                    id: rec.id,
+                    mode: rec.mode(),
+                }),
+                group => scratch_groups.push((group, rec.id.0, slot)),
             }
         }
         if !self.scratch_groups.is_empty() {
@@ -566,7 +668,7 @@ impl Engine {
             let rec = &records[slot as usize];
             out.push(Match {
                 id: rec.id,
-                mode: rec.mode,
+                mode: rec.mode(),
             });
         }
     }
@@ -584,17 +686,25 @@ impl Engine {
         }
     }
 
-    /// Bytes of compiled filter code held (for memory accounting).
-    pub fn filter_code_bytes(&self) -> usize {
-        self.records
-            .iter()
-            .filter(|r| r.live)
-            .map(|r| r.prog.len())
-            .sum()
+    /// Bytes of compiled filter code held on the heap, beyond what fits inline in the
+    /// subscription records (for memory accounting).
+    pub fn filter_heap_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.prog.heap_len()).sum()
     }
 
     /// Number of timer entries (live and stale) in the expiry wheel.
     pub fn timer_entries(&self) -> usize {
         self.wheel.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Record>(), 64);
+        assert_eq!(std::mem::align_of::<Record>(), 64);
     }
 }

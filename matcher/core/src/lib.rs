@@ -15,6 +15,7 @@
 //!
 //! ARCHITECTURE.md has the full design and its invariants.
 
+mod attrs;
 mod engine;
 mod groups;
 mod index;

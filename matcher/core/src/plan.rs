@@ -20,6 +20,7 @@ use hashbrown::{HashMap, HashSet};
 use sift_protocol::filter::CmpOp;
 use smallvec::SmallVec;
 
+use crate::attrs::AttrId;
 use crate::keys::{KeyRef, NumKey};
 use crate::prog::{Lit, Node, PredTest, Prog, NO_CHOICE};
 use crate::regex_pool::RegexId;
@@ -31,31 +32,31 @@ pub(crate) type Bound<K> = Option<(K, bool)>;
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Access<'p> {
     /// Equality (also each item of an `in` list): the hash of the normalised value.
-    Eq { attr: &'p str, key: u64 },
+    Eq { attr: AttrId, key: u64 },
     /// A numeric range (at least one bound).
     Num {
-        attr: &'p str,
+        attr: AttrId,
         lo: Bound<NumKey>,
         hi: Bound<NumKey>,
     },
     /// A string range, by bytes (at least one bound).
     Str {
-        attr: &'p str,
+        attr: AttrId,
         lo: Bound<&'p [u8]>,
         hi: Bound<&'p [u8]>,
     },
     /// `prefix(attr, bytes)`.
-    Prefix { attr: &'p str, bytes: &'p [u8] },
+    Prefix { attr: AttrId, bytes: &'p [u8] },
     /// `suffix(attr, bytes)`.
-    Suffix { attr: &'p str, bytes: &'p [u8] },
+    Suffix { attr: AttrId, bytes: &'p [u8] },
     /// `attr ~ regex`.
-    Regex { attr: &'p str, id: RegexId },
+    Regex { attr: AttrId, id: RegexId },
     /// `exists(attr)`.
-    Exists { attr: &'p str },
+    Exists { attr: AttrId },
 }
 
 impl Access<'_> {
-    pub(crate) fn attr(&self) -> &str {
+    pub(crate) fn attr(&self) -> AttrId {
         match self {
             Access::Eq { attr, .. }
             | Access::Num { attr, .. }
@@ -63,7 +64,7 @@ impl Access<'_> {
             | Access::Prefix { attr, .. }
             | Access::Suffix { attr, .. }
             | Access::Regex { attr, .. }
-            | Access::Exists { attr } => attr,
+            | Access::Exists { attr } => *attr,
         }
     }
 }
@@ -96,7 +97,7 @@ pub(crate) struct AttrStats {
 /// Per-attribute statistics of one bucket's filters.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct BucketStats {
-    attrs: HashMap<Box<str>, AttrStats>,
+    attrs: HashMap<AttrId, AttrStats>,
 }
 
 fn lit_f64(lit: Lit<'_>) -> Option<f64> {
@@ -113,8 +114,8 @@ impl BucketStats {
         progs: impl Iterator<Item = &'a Prog>,
         state: &S,
     ) -> BucketStats {
-        let mut eq: HashMap<&str, HashSet<u64>> = HashMap::new();
-        let mut ranges: HashMap<&str, (f64, f64)> = HashMap::new();
+        let mut eq: HashMap<AttrId, HashSet<u64>> = HashMap::new();
+        let mut ranges: HashMap<AttrId, (f64, f64)> = HashMap::new();
         for prog in progs {
             prog.for_each_predicate(|attr, test| {
                 let mut num = |lit: Lit<'_>| {
@@ -143,23 +144,23 @@ impl BucketStats {
                 }
             });
         }
-        let mut attrs: HashMap<Box<str>, AttrStats> = HashMap::new();
+        let mut attrs: HashMap<AttrId, AttrStats> = HashMap::new();
         for (a, set) in eq {
-            attrs.entry(a.into()).or_default().distinct = set.len() as u32;
+            attrs.entry(a).or_default().distinct = set.len() as u32;
         }
         for (a, (min, max)) in ranges {
-            let s = attrs.entry(a.into()).or_default();
+            let s = attrs.entry(a).or_default();
             (s.min, s.max) = (min, max);
         }
         BucketStats { attrs }
     }
 
-    fn get(&self, attr: &str) -> Option<&AttrStats> {
-        self.attrs.get(attr)
+    fn get(&self, attr: AttrId) -> Option<&AttrStats> {
+        self.attrs.get(&attr)
     }
 
     /// Guessed fraction of events with `attr == v` for one given `v`.
-    fn eq(&self, attr: &str) -> f64 {
+    fn eq(&self, attr: AttrId) -> f64 {
         match self.get(attr) {
             Some(s) if s.distinct > 0 => 1.0 / f64::from(s.distinct),
             _ => GUESS_EQ_UNKNOWN,
@@ -167,7 +168,7 @@ impl BucketStats {
     }
 
     /// Guessed fraction of events inside a numeric range, from the literals' span.
-    fn num_range(&self, attr: &str, lo: Option<f64>, hi: Option<f64>) -> f64 {
+    fn num_range(&self, attr: AttrId, lo: Option<f64>, hi: Option<f64>) -> f64 {
         let default = if lo.is_some() && hi.is_some() {
             GUESS_INTERVAL
         } else {
@@ -234,7 +235,7 @@ fn half(test: &PredTest<'_>) -> Option<Half> {
 }
 
 /// Guessed fraction of events that hit a predicate's keys; `None` when it has none.
-fn guess_predicate(attr: &str, test: &PredTest<'_>, stats: &BucketStats) -> Option<f64> {
+fn guess_predicate(attr: AttrId, test: &PredTest<'_>, stats: &BucketStats) -> Option<f64> {
     Some(match test {
         PredTest::Cmp(CmpOp::Eq, _) => stats.eq(attr),
         PredTest::Cmp(CmpOp::Ne, _) | PredTest::In { negated: true, .. } => return None,
@@ -292,7 +293,7 @@ fn guess(
         }
         Node::And { children, .. } => {
             let mut best: Option<(f64, (u8, u8))> = None;
-            let mut halves: SmallVec<[(u8, &str, Half); 4]> = SmallVec::new();
+            let mut halves: SmallVec<[(u8, AttrId, Half); 4]> = SmallVec::new();
             for (i, c) in children.enumerate() {
                 let i = i as u8;
                 let Some(g) = guess(prog, c, stats, choices) else {
@@ -319,7 +320,7 @@ fn guess(
 }
 
 /// The best pair of a lower and an upper bound on the same attribute and kind.
-fn best_interval(halves: &[(u8, &str, Half)], stats: &BucketStats) -> Option<(f64, (u8, u8))> {
+fn best_interval(halves: &[(u8, AttrId, Half)], stats: &BucketStats) -> Option<(f64, (u8, u8))> {
     let mut best: Option<(f64, (u8, u8))> = None;
     for (i, (ci, attr, a)) in halves.iter().enumerate() {
         for (cj, attr2, b) in &halves[i + 1..] {
@@ -328,7 +329,7 @@ fn best_interval(halves: &[(u8, &str, Half)], stats: &BucketStats) -> Option<(f6
             }
             let (lo, hi) = if a.lower { (a, b) } else { (b, a) };
             let g = if a.numeric {
-                stats.num_range(attr, lo.value, hi.value)
+                stats.num_range(*attr, lo.value, hi.value)
             } else {
                 GUESS_INTERVAL
             };
@@ -398,7 +399,7 @@ fn merge_interval<'p>(a: &Access<'p>, b: &Access<'p>) -> Option<Access<'p>> {
             },
             Access::Num { lo: l2, hi: h2, .. },
         ) => Some(Access::Num {
-            attr,
+            attr: *attr,
             lo: Some(l1.or(*l2)?),
             hi: Some(h1.or(*h2)?),
         }),
@@ -410,7 +411,7 @@ fn merge_interval<'p>(a: &Access<'p>, b: &Access<'p>) -> Option<Access<'p>> {
             },
             Access::Str { lo: l2, hi: h2, .. },
         ) => Some(Access::Str {
-            attr,
+            attr: *attr,
             lo: Some(l1.or(*l2)?),
             hi: Some(h1.or(*h2)?),
         }),
@@ -419,7 +420,7 @@ fn merge_interval<'p>(a: &Access<'p>, b: &Access<'p>) -> Option<Access<'p>> {
 }
 
 fn predicate_keys<'p, S: BuildHasher>(
-    attr: &'p str,
+    attr: AttrId,
     test: PredTest<'p>,
     state: &S,
 ) -> Option<Keys<'p>> {
@@ -500,21 +501,42 @@ fn incl_of(op: CmpOp) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attrs::AttrNames;
     use crate::regex_pool::RegexPool;
     use sift_protocol::Filter;
 
-    fn compile(text: &str, pool: &mut RegexPool) -> Prog {
-        Prog::compile(Filter::parse(text).unwrap().expr(), pool)
+    struct Ctx {
+        pool: RegexPool,
+        names: AttrNames,
     }
 
-    fn plan_of(text: &str, stats_from: &[&str], f: impl FnOnce(Plan<'_>)) {
-        let mut pool = RegexPool::default();
+    impl Ctx {
+        fn compile(&mut self, text: &str) -> Prog {
+            Prog::compile(
+                Filter::parse(text).unwrap().expr(),
+                &mut self.pool,
+                &mut self.names,
+            )
+        }
+
+        fn id(&self, name: &str) -> AttrId {
+            self.names.get(name).unwrap()
+        }
+    }
+
+    /// Plans `text` with statistics from `stats_from`; calls `f` with the plan and a name
+    /// lookup.
+    fn plan_of(text: &str, stats_from: &[&str], f: impl FnOnce(Plan<'_>, &dyn Fn(&str) -> AttrId)) {
+        let mut ctx = Ctx {
+            pool: RegexPool::default(),
+            names: AttrNames::default(),
+        };
         let state = foldhash::fast::FixedState::with_seed(7);
-        let others: Vec<Prog> = stats_from.iter().map(|t| compile(t, &mut pool)).collect();
+        let others: Vec<Prog> = stats_from.iter().map(|t| ctx.compile(t)).collect();
         let stats = BucketStats::gather(others.iter(), &state);
-        let mut prog = compile(text, &mut pool);
+        let mut prog = ctx.compile(text);
         choose(&mut prog, &stats);
-        f(plan(&prog, &state));
+        f(plan(&prog, &state), &|n| ctx.id(n));
     }
 
     fn only(p: Plan<'_>) -> Access<'_> {
@@ -527,29 +549,31 @@ mod tests {
 
     #[test]
     fn plans_without_statistics() {
-        plan_of("", &[], |p| assert_eq!(p, Plan::All));
-        plan_of("a != 1", &[], |p| assert_eq!(p, Plan::Residual));
-        plan_of("!(a == 1)", &[], |p| assert_eq!(p, Plan::Residual));
-        plan_of("a == 1 || b != 2", &[], |p| assert_eq!(p, Plan::Residual));
-        plan_of("a > 1 && b == 2", &[], |p| {
-            assert!(matches!(only(p), Access::Eq { attr: "b", .. }))
+        plan_of("", &[], |p, _| assert_eq!(p, Plan::All));
+        plan_of("a != 1", &[], |p, _| assert_eq!(p, Plan::Residual));
+        plan_of("!(a == 1)", &[], |p, _| assert_eq!(p, Plan::Residual));
+        plan_of("a == 1 || b != 2", &[], |p, _| {
+            assert_eq!(p, Plan::Residual)
         });
-        plan_of("a > 1 && a <= 5", &[], |p| {
+        plan_of("a > 1 && b == 2", &[], |p, id| {
+            assert!(matches!(only(p), Access::Eq { attr, .. } if attr == id("b")))
+        });
+        plan_of("a > 1 && a <= 5", &[], |p, id| {
             assert_eq!(
                 only(p),
                 Access::Num {
-                    attr: "a",
+                    attr: id("a"),
                     lo: Some((NumKey::Int(1), false)),
                     hi: Some((NumKey::Int(5), true))
                 }
             )
         });
-        plan_of("a in [1, 1.0, 2] || b ~ \"x\"", &[], |p| {
+        plan_of("a in [1, 1.0, 2] || b ~ \"x\"", &[], |p, _| {
             let Plan::Keys(k) = p else { panic!() };
             assert_eq!(k.len(), 3, "{k:?}");
         });
-        plan_of("a != 1 && prefix(s, \"ab\")", &[], |p| {
-            assert!(matches!(only(p), Access::Prefix { attr: "s", .. }))
+        plan_of("a != 1 && prefix(s, \"ab\")", &[], |p, id| {
+            assert!(matches!(only(p), Access::Prefix { attr, .. } if attr == id("s")))
         });
     }
 
@@ -562,14 +586,8 @@ mod tests {
             "region == \"b\"",
             "customer in [\"1\", \"2\", \"3\", \"4\", \"5\"]",
         ];
-        plan_of("region == \"a\" && customer == \"9\"", &others, |p| {
-            assert!(matches!(
-                only(p),
-                Access::Eq {
-                    attr: "customer",
-                    ..
-                }
-            ))
+        plan_of("region == \"a\" && customer == \"9\"", &others, |p, id| {
+            assert!(matches!(only(p), Access::Eq { attr, .. } if attr == id("customer")))
         });
         // A narrow range beats a common equality value once literals span the domain.
         let others = [
@@ -578,8 +596,8 @@ mod tests {
             "region == \"a\"",
             "region == \"b\"",
         ];
-        plan_of("region == \"a\" && qty > 998", &others, |p| {
-            assert!(matches!(only(p), Access::Num { attr: "qty", .. }))
+        plan_of("region == \"a\" && qty > 998", &others, |p, id| {
+            assert!(matches!(only(p), Access::Num { attr, .. } if attr == id("qty")))
         });
     }
 }

@@ -1,18 +1,21 @@
-//! A filter compiled to a compact byte program: one allocation per subscription, evaluated in
-//! place, and analysed for the index's access keys.
+//! A filter compiled to a compact byte program: inline in the subscription record when small
+//! (one allocation otherwise), evaluated in place, and analysed for the index's access keys.
 //!
-//! Layout: every node is `[op: u8][size: u32 LE][body]`, `size` counting the whole node, so a
-//! parent can skip a child without decoding it. Composite bodies are their children (an
-//! `and` first has two bytes recording which children the planner chose as access keys); a
-//! predicate body is `[name_len: u8][name][payload]`, payloads per op below. Literals are
-//! `[tag: u8][data]`. Regexes are ids into the engine's [`RegexPool`].
+//! Layout: every node is `[op: u8][size: u16 LE][body]`, `size` counting the whole node, so a
+//! parent can skip a child without decoding it. Composite bodies are their children (an `and`
+//! first has two bytes recording which children the planner chose as access keys); a predicate
+//! body is `[attribute id: u16 LE][payload]`, payloads per op below. Literals are
+//! `[tag: u8][data]`. Regexes are ids into the engine's [`RegexPool`]. A program is at most
+//! about 9 bytes per byte of filter text (an `in` list of one-digit integers), so sizes fit
+//! in u16 for the 4 KiB filter limit.
 
 use std::cmp::Ordering;
 
 use sift_protocol::filter::{CmpOp, Expr, Predicate, Test};
 use sift_protocol::value::cmp_int_float;
-use sift_protocol::{Attributes, Value};
+use sift_protocol::Value;
 
+use crate::attrs::{AttrId, AttrNames, EventView};
 use crate::regex_pool::{RegexId, RegexPool};
 
 const OP_AND: u8 = 1;
@@ -31,12 +34,36 @@ const LIT_INT: u8 = 2; // [i64 LE]
 const LIT_FLOAT: u8 = 3; // [f64 LE]
 const LIT_BOOL: u8 = 4; // [u8]
 
-const HEADER: usize = 5;
+const HEADER: usize = 3;
+
+/// Programs up to this many bytes live inline in the subscription record (no allocation and
+/// no extra cache miss when a candidate is evaluated).
+const INLINE_BYTES: usize = 37;
+
+/// "No child chosen" in an `and` node's choice bytes.
+pub(crate) const NO_CHOICE: u8 = u8::MAX;
 
 /// A compiled filter. The empty program matches everything.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Prog {
-    code: Box<[u8]>,
+    code: Code,
+}
+
+#[derive(Debug)]
+enum Code {
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    Heap(Box<[u8]>),
+}
+
+impl Default for Prog {
+    fn default() -> Prog {
+        Prog {
+            code: Code::Inline {
+                len: 0,
+                bytes: [0; INLINE_BYTES],
+            },
+        }
+    }
 }
 
 /// A literal decoded from a program.
@@ -47,9 +74,6 @@ pub(crate) enum Lit<'a> {
     Float(f64),
     Bool(bool),
 }
-
-/// "No child chosen" in an `and` node's choice bytes.
-pub(crate) const NO_CHOICE: u8 = u8::MAX;
 
 /// A decoded node, borrowing from the program.
 pub(crate) enum Node<'a> {
@@ -62,7 +86,7 @@ pub(crate) enum Node<'a> {
     Or(Children<'a>),
     Not(usize),
     Pred {
-        attr: &'a str,
+        attr: AttrId,
         test: PredTest<'a>,
     },
 }
@@ -132,7 +156,7 @@ fn u64_at(code: &[u8], pos: usize) -> u64 {
 }
 
 fn node_size(code: &[u8], pos: usize) -> usize {
-    u32_at(code, pos + 1) as usize
+    u16_at(code, pos + 1) as usize
 }
 
 fn read_lit(code: &[u8], pos: usize) -> (Lit<'_>, usize) {
@@ -152,31 +176,87 @@ fn read_bytes(code: &[u8], pos: usize) -> &[u8] {
     &code[pos + 2..pos + 2 + len]
 }
 
+/// The attribute names `expr` refers to (to check room before compiling).
+pub(crate) fn attr_names(expr: Option<&Expr>) -> Vec<&str> {
+    fn walk<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
+        match e {
+            Expr::And(c) | Expr::Or(c) => c.iter().for_each(|c| walk(c, out)),
+            Expr::Not(inner) => walk(inner, out),
+            Expr::Pred(p) => out.push(&p.attr),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(e) = expr {
+        walk(e, &mut out);
+    }
+    out
+}
+
 impl Prog {
-    /// Compiles a filter expression; regexes are interned in `pool` (one reference each).
-    pub(crate) fn compile(expr: Option<&Expr>, pool: &mut RegexPool) -> Prog {
+    /// Compiles a filter expression. Regexes are interned in `pool` and attribute names in
+    /// `names` (one reference each); the caller has checked that `names` has room.
+    pub(crate) fn compile(
+        expr: Option<&Expr>,
+        pool: &mut RegexPool,
+        names: &mut AttrNames,
+    ) -> Prog {
         let mut code = Vec::new();
         if let Some(e) = expr {
-            emit(e, pool, &mut code);
+            emit(e, pool, names, &mut code);
+        }
+        debug_assert!(code.len() <= u16::MAX as usize);
+        if code.len() <= INLINE_BYTES {
+            let mut bytes = [0; INLINE_BYTES];
+            bytes[..code.len()].copy_from_slice(&code);
+            return Prog {
+                code: Code::Inline {
+                    len: code.len() as u8,
+                    bytes,
+                },
+            };
         }
         Prog {
-            code: code.into_boxed_slice(),
+            code: Code::Heap(code.into_boxed_slice()),
         }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.code {
+            Code::Inline { len, bytes } => &bytes[..*len as usize],
+            Code::Heap(b) => b,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.code {
+            Code::Inline { len, bytes } => &mut bytes[..*len as usize],
+            Code::Heap(b) => b,
+        }
+    }
+
+    /// The first byte of code (0 for the empty program); reading it brings the code into the
+    /// cache ahead of evaluation.
+    pub(crate) fn first_byte(&self) -> u8 {
+        self.bytes().first().copied().unwrap_or(0)
     }
 
     /// True for the match-all program.
     pub(crate) fn is_empty(&self) -> bool {
-        self.code.is_empty()
+        self.bytes().is_empty()
     }
 
-    /// Bytes of code (for statistics).
-    pub(crate) fn len(&self) -> usize {
-        self.code.len()
+    /// Bytes of code held on the heap (0 when inline), for memory accounting.
+    pub(crate) fn heap_len(&self) -> usize {
+        match &self.code {
+            Code::Inline { .. } => 0,
+            Code::Heap(b) => b.len(),
+        }
     }
 
-    /// Drops this program's regex references.
-    pub(crate) fn release(&self, pool: &mut RegexPool) {
-        self.for_each_predicate(|_, test| {
+    /// Drops this program's regex and attribute-name references.
+    pub(crate) fn release(&self, pool: &mut RegexPool, names: &mut AttrNames) {
+        self.for_each_predicate(|attr, test| {
+            names.release(attr);
             if let PredTest::Regex(id) = test {
                 pool.release(*id);
             }
@@ -184,13 +264,13 @@ impl Prog {
     }
 
     /// Calls `f` for every predicate, in program order.
-    pub(crate) fn for_each_predicate<'s>(&'s self, mut f: impl FnMut(&'s str, &PredTest<'s>)) {
+    pub(crate) fn for_each_predicate<'s>(&'s self, mut f: impl FnMut(AttrId, &PredTest<'s>)) {
         if !self.is_empty() {
             self.walk(0, &mut f);
         }
     }
 
-    fn walk<'s>(&'s self, pos: usize, f: &mut impl FnMut(&'s str, &PredTest<'s>)) {
+    fn walk<'s>(&'s self, pos: usize, f: &mut impl FnMut(AttrId, &PredTest<'s>)) {
         match self.node(pos) {
             Node::And { children: c, .. } | Node::Or(c) => c.for_each(|child| self.walk(child, f)),
             Node::Not(inner) => self.walk(inner, f),
@@ -200,14 +280,15 @@ impl Prog {
 
     /// Records the planner's choice in the `and` node at `pos`.
     pub(crate) fn set_choice(&mut self, pos: usize, choice: (u8, u8)) {
-        debug_assert_eq!(self.code[pos], OP_AND);
-        self.code[pos + HEADER] = choice.0;
-        self.code[pos + HEADER + 1] = choice.1;
+        let code = self.bytes_mut();
+        debug_assert_eq!(code[pos], OP_AND);
+        code[pos + HEADER] = choice.0;
+        code[pos + HEADER + 1] = choice.1;
     }
 
     /// Decodes the node at `pos` (the root is at 0; only for non-empty programs).
     pub(crate) fn node(&self, pos: usize) -> Node<'_> {
-        let code = &self.code[..];
+        let code = self.bytes();
         let end = pos + node_size(code, pos);
         let body = pos + HEADER;
         match code[pos] {
@@ -225,25 +306,22 @@ impl Prog {
                 end,
             }),
             OP_NOT => Node::Not(body),
-            op => {
-                let (attr, at) = pred_attr(code, body);
-                Node::Pred {
-                    attr,
-                    test: decode_test(code, op, at),
-                }
-            }
+            op => Node::Pred {
+                attr: u16_at(code, body),
+                test: decode_test(code, op, body + 2),
+            },
         }
     }
 
     /// Evaluates the program against an event's attributes.
-    pub(crate) fn eval(&self, attrs: &Attributes, pool: &RegexPool) -> bool {
+    pub(crate) fn eval(&self, attrs: &EventView<'_>, pool: &RegexPool) -> bool {
         self.is_empty() || self.eval_at(0, attrs, pool)
     }
 
     /// Walks the code directly: children are skipped by size, and a predicate's test is only
     /// decoded when the event has its attribute.
-    fn eval_at(&self, pos: usize, attrs: &Attributes, pool: &RegexPool) -> bool {
-        let code = &self.code[..];
+    fn eval_at(&self, pos: usize, attrs: &EventView<'_>, pool: &RegexPool) -> bool {
+        let code = self.bytes();
         let end = pos + node_size(code, pos);
         let body = pos + HEADER;
         match code[pos] {
@@ -268,23 +346,12 @@ impl Prog {
                 false
             }
             OP_NOT => !self.eval_at(body, attrs, pool),
-            op => {
-                let (attr, at) = pred_attr(code, body);
-                match attrs.get(attr) {
-                    None => false,
-                    Some(v) => eval_test(&decode_test(code, op, at), v, pool),
-                }
-            }
+            op => match attrs.get(u16_at(code, body)) {
+                None => false,
+                Some(v) => eval_test(&decode_test(code, op, body + 2), v, pool),
+            },
         }
     }
-}
-
-/// A predicate's attribute name and the position of its test.
-fn pred_attr(code: &[u8], body: usize) -> (&str, usize) {
-    let name_len = code[body] as usize;
-    let name = &code[body + 1..body + 1 + name_len];
-    // Names are ASCII by the grammar; the fallback is unreachable.
-    (std::str::from_utf8(name).unwrap_or(""), body + 1 + name_len)
 }
 
 fn decode_test(code: &[u8], op: u8, at: usize) -> PredTest<'_> {
@@ -375,16 +442,16 @@ fn cmp_from_u8(b: u8) -> CmpOp {
 fn begin(op: u8, out: &mut Vec<u8>) -> usize {
     let at = out.len();
     out.push(op);
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 2]);
     at
 }
 
 fn finish(at: usize, out: &mut [u8]) {
-    let size = (out.len() - at) as u32;
+    let size = (out.len() - at) as u16;
     out[at + 1..at + HEADER].copy_from_slice(&size.to_le_bytes());
 }
 
-fn emit(e: &Expr, pool: &mut RegexPool, out: &mut Vec<u8>) {
+fn emit(e: &Expr, pool: &mut RegexPool, names: &mut AttrNames, out: &mut Vec<u8>) {
     match e {
         Expr::And(children) | Expr::Or(children) => {
             let is_and = matches!(e, Expr::And(_));
@@ -393,20 +460,20 @@ fn emit(e: &Expr, pool: &mut RegexPool, out: &mut Vec<u8>) {
                 out.extend_from_slice(&[NO_CHOICE, NO_CHOICE]);
             }
             for c in children {
-                emit(c, pool, out);
+                emit(c, pool, names, out);
             }
             finish(at, out);
         }
         Expr::Not(inner) => {
             let at = begin(OP_NOT, out);
-            emit(inner, pool, out);
+            emit(inner, pool, names, out);
             finish(at, out);
         }
-        Expr::Pred(p) => emit_pred(p, pool, out),
+        Expr::Pred(p) => emit_pred(p, pool, names, out),
     }
 }
 
-fn emit_pred(p: &Predicate, pool: &mut RegexPool, out: &mut Vec<u8>) {
+fn emit_pred(p: &Predicate, pool: &mut RegexPool, names: &mut AttrNames, out: &mut Vec<u8>) {
     let op = match &p.test {
         Test::Cmp(..) => OP_CMP,
         Test::In { negated: false, .. } => OP_IN,
@@ -417,9 +484,7 @@ fn emit_pred(p: &Predicate, pool: &mut RegexPool, out: &mut Vec<u8>) {
         Test::Suffix(_) => OP_SUFFIX,
     };
     let at = begin(op, out);
-    // The parser bounds names to 128 bytes.
-    out.push(p.attr.len() as u8);
-    out.extend_from_slice(p.attr.as_bytes());
+    out.extend_from_slice(&names.acquire(&p.attr).to_le_bytes());
     match &p.test {
         Test::Cmp(op, lit) => {
             out.push(cmp_to_u8(*op));
@@ -469,7 +534,7 @@ fn emit_lit(v: &Value, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sift_protocol::Filter;
+    use sift_protocol::{Attributes, Filter};
 
     fn attrs(pairs: &[(&str, Value)]) -> Attributes {
         pairs
@@ -481,6 +546,7 @@ mod tests {
     #[test]
     fn program_agrees_with_reference_on_examples() {
         let mut pool = RegexPool::default();
+        let mut names = AttrNames::default();
         let a = attrs(&[
             ("s", Value::Str("hello".into())),
             ("i", Value::Int(3)),
@@ -496,10 +562,31 @@ mod tests {
             "missing != 1 || not (i > 2 and f <= 2.5)",
         ] {
             let f = Filter::parse(text).unwrap();
-            let p = Prog::compile(f.expr(), &mut pool);
-            assert_eq!(p.eval(&a, &pool), f.matches(&a), "{text}");
-            p.release(&mut pool);
+            let p = Prog::compile(f.expr(), &mut pool, &mut names);
+            let view = EventView::new(&names, &a);
+            assert_eq!(p.eval(&view, &pool), f.matches(&a), "{text}");
+            p.release(&mut pool, &mut names);
         }
         assert_eq!(pool.len(), 0, "every regex reference is released");
+        assert_eq!(
+            names.room(),
+            crate::attrs::ATTR_NAMES_MAX,
+            "every name is released"
+        );
+    }
+
+    #[test]
+    fn common_filters_fit_inline() {
+        let mut pool = RegexPool::default();
+        let mut names = AttrNames::default();
+        for text in [
+            "customer == \"c12345\"",
+            "price >= 12.5 && price < 13.0",
+            "qty in [1, 2]",
+        ] {
+            let f = Filter::parse(text).unwrap();
+            let p = Prog::compile(f.expr(), &mut pool, &mut names);
+            assert_eq!(p.heap_len(), 0, "{text}");
+        }
     }
 }

@@ -135,6 +135,12 @@ pub enum SubscribeError {
     /// The group name or key attribute is invalid.
     #[error("invalid group: {0}")]
     InvalidGroup(String),
+    /// The filters of this engine already use the most distinct attribute names it tracks.
+    #[error("the filters use {max} distinct attribute names, the limit")]
+    TooManyAttributeNames {
+        /// The limit.
+        max: usize,
+    },
     /// The group exists with a different key attribute.
     #[error("group {group:?} uses key attribute {existing:?}; this subscription asked for {requested:?}")]
     GroupConflict {
@@ -156,6 +162,7 @@ impl SubscribeError {
             SubscribeError::InvalidExpiry { .. } => ErrorCode::InvalidExpiry,
             SubscribeError::InvalidGroup(_) => ErrorCode::GroupConflict,
             SubscribeError::GroupConflict { .. } => ErrorCode::GroupConflict,
+            SubscribeError::TooManyAttributeNames { .. } => ErrorCode::LimitReached,
         }
     }
 }
@@ -177,6 +184,30 @@ impl RenewError {
         match self {
             RenewError::Unknown(_) => ErrorCode::UnknownSubscription,
             RenewError::NotRenewable(_) => ErrorCode::NotRenewable,
+        }
+    }
+}
+
+/// Why a filter was not replaced. Nothing changed in the engine.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SetFilterError {
+    /// No such subscription.
+    #[error("unknown subscription {0}")]
+    Unknown(SubscriptionId),
+    /// The new filter's attribute names do not fit in the name table.
+    #[error("the filters use {max} distinct attribute names, the limit")]
+    TooManyAttributeNames {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl SetFilterError {
+    /// The protocol error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SetFilterError::Unknown(_) => ErrorCode::UnknownSubscription,
+            SetFilterError::TooManyAttributeNames { .. } => ErrorCode::LimitReached,
         }
     }
 }

@@ -229,17 +229,52 @@ fn w1(opts: &Opts, variant: Variant, rows: &mut Vec<Row>) {
         for e in &events[..2000] {
             for (text, f) in naive.get(e.topic.as_str()).map(|v| &v[..]).unwrap_or(&[]) {
                 if f.matches(&e.attrs) {
-                    let kind: String = text
-                        .split([' ', '('])
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join(" ");
+                    let kind: String = text.split([' ', '(']).take(2).collect::<Vec<_>>().join(" ");
                     *by_kind.entry(kind).or_default() += 1;
                 }
             }
         }
         for (k, n) in by_kind {
             println!("{k:30} {:.3}", n as f64 / 2000.0);
+        }
+        return;
+    }
+    if let Ok(split) = std::env::var("SIFT_BENCH_SPLIT") {
+        let split: usize = split.parse().unwrap();
+        let rank = |e: &Parsed| e.topic.as_str()[4..].parse::<usize>().unwrap();
+        let hot: Vec<Parsed> = events
+            .iter()
+            .filter(|e| rank(e) < split)
+            .map(|e| Parsed {
+                topic: e.topic.clone(),
+                attrs: e.attrs.clone(),
+            })
+            .collect();
+        let cold: Vec<Parsed> = events
+            .iter()
+            .filter(|e| rank(e) >= split)
+            .map(|e| Parsed {
+                topic: e.topic.clone(),
+                attrs: e.attrs.clone(),
+            })
+            .collect();
+        if std::env::var_os("SIFT_BENCH_PROFILE").is_some() {
+            for _ in 0..30 {
+                run_engine(&mut engine, &hot);
+            }
+            return;
+        }
+        for (name, set) in [("hot", &hot), ("cold", &cold), ("all", &events)] {
+            let c0 = engine.stats().candidates;
+            let (_, d) = time(|| run_engine(&mut engine, set));
+            let (_, d2) = time(|| run_engine(&mut engine, set));
+            let d = d.min(d2);
+            println!(
+                "{name}: {} events, {:.0} ns/event, {:.1} candidates/event",
+                set.len(),
+                d.as_nanos() as f64 / set.len() as f64,
+                (engine.stats().candidates - c0) as f64 / (2 * set.len()) as f64
+            );
         }
         return;
     }

@@ -9,8 +9,9 @@ mod regex;
 
 use std::hash::BuildHasher;
 
-use sift_protocol::{Attributes, Value};
+use sift_protocol::Value;
 
+use crate::attrs::{AttrId, EventView};
 use crate::keys::{KeyRef, NumKey};
 use crate::plan::{Access, BucketStats, Plan};
 use crate::regex_pool::RegexPool;
@@ -55,8 +56,8 @@ pub(crate) struct Index {
     always: SlotList,
     /// Filters without access keys: evaluated for every event.
     residual: SlotList,
-    /// Per attribute name, sorted by name.
-    attrs: Vec<(Box<str>, AttrIndex)>,
+    /// Per attribute, sorted by attribute id.
+    attrs: Vec<(AttrId, AttrIndex)>,
 }
 
 #[derive(Debug, Default)]
@@ -131,11 +132,11 @@ impl Index {
         }
     }
 
-    fn attr_mut(&mut self, name: &str) -> &mut AttrIndex {
-        let i = match self.attrs.binary_search_by(|(n, _)| (**n).cmp(name)) {
+    fn attr_mut(&mut self, attr: AttrId) -> &mut AttrIndex {
+        let i = match self.attrs.binary_search_by_key(&attr, |(a, _)| *a) {
             Ok(i) => i,
             Err(i) => {
-                self.attrs.insert(i, (name.into(), AttrIndex::default()));
+                self.attrs.insert(i, (attr, AttrIndex::default()));
                 i
             }
         };
@@ -201,7 +202,7 @@ impl Index {
             Plan::Keys(keys) => keys,
         };
         for key in keys {
-            let Ok(i) = self.attrs.binary_search_by(|(n, _)| (**n).cmp(key.attr())) else {
+            let Ok(i) = self.attrs.binary_search_by_key(&key.attr(), |(a, _)| *a) else {
                 debug_assert!(false, "attribute {} missing from the index", key.attr());
                 continue;
             };
@@ -240,7 +241,7 @@ impl Index {
     /// only to let regex sets rebuild themselves when queries have paid for it.
     pub(crate) fn candidates<S: BuildHasher>(
         &mut self,
-        attrs: &Attributes,
+        attrs: &EventView<'_>,
         state: &S,
         pool: &RegexPool,
         mut f: impl FnMut(Slot, bool),
@@ -251,13 +252,13 @@ impl Index {
             return;
         }
         let mut report = |s| f(s, true);
-        // Both sides are sorted by name: walk them together.
+        // Both sides are sorted by attribute id: walk them together.
         let mut mine = self.attrs.iter_mut().peekable();
-        for (name, value) in attrs {
-            while mine.next_if(|(n, _)| **n < **name).is_some() {}
+        for &(attr, value) in attrs.items() {
+            while mine.next_if(|(a, _)| *a < attr).is_some() {}
             match mine.peek_mut() {
                 None => return,
-                Some((n, ai)) if **n == **name => ai.query(value, state, pool, &mut report),
+                Some((a, ai)) if *a == attr => ai.query(value, state, pool, &mut report),
                 Some(_) => {}
             }
         }
