@@ -259,8 +259,9 @@ fn w1(opts: &Opts, variant: Variant, rows: &mut Vec<Row>) {
             })
             .collect();
         if std::env::var_os("SIFT_BENCH_PROFILE").is_some() {
+            let which = if std::env::var_os("SIFT_BENCH_COLD").is_some() { &cold } else { &hot };
             for _ in 0..30 {
-                run_engine(&mut engine, &hot);
+                run_engine(&mut engine, which);
             }
             return;
         }
