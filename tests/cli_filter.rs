@@ -5,7 +5,10 @@
 use std::process::Command;
 
 fn sift(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sift")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sift"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -16,9 +19,21 @@ fn sift(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn match_and_no_match() {
     let attrs = r#"{"region": "eu", "price": 12.5, "qty": 3, "vip": true}"#;
-    let (code, out, _) = sift(&["filter", "test", r#"region == "eu" && price > 10"#, "--attrs", attrs]);
+    let (code, out, _) = sift(&[
+        "filter",
+        "test",
+        r#"region == "eu" && price > 10"#,
+        "--attrs",
+        attrs,
+    ]);
     assert_eq!((code, out.as_str()), (0, "match\n"));
-    let (code, out, _) = sift(&["filter", "test", "qty >= 4 || vip == false", "--attrs", attrs]);
+    let (code, out, _) = sift(&[
+        "filter",
+        "test",
+        "qty >= 4 || vip == false",
+        "--attrs",
+        attrs,
+    ]);
     assert_eq!((code, out.as_str()), (1, "no match\n"));
     // Integers and floats compare numerically; a missing attribute makes `!=` false.
     let (code, _, _) = sift(&["filter", "test", "qty == 3.0", "--attrs", attrs]);
@@ -51,14 +66,24 @@ fn bad_filter_shows_a_caret() {
     assert_eq!(code, 2);
     assert!(out.is_empty());
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].contains("at byte 9") && lines[0].contains("expected a literal"), "{err}");
+    assert!(
+        lines[0].contains("at byte 9") && lines[0].contains("expected a literal"),
+        "{err}"
+    );
     assert_eq!(lines[1], "price >= && qty == 1");
     assert_eq!(lines[2], "         ^");
 }
 
 #[test]
 fn bad_attrs_are_refused() {
-    for attrs in [r#"[1]"#, r#"{"a": null}"#, r#"{"a": [1]}"#, r#"{"bad name": 1}"#, "{", r#"{"a": 18446744073709551615}"#] {
+    for attrs in [
+        r#"[1]"#,
+        r#"{"a": null}"#,
+        r#"{"a": [1]}"#,
+        r#"{"bad name": 1}"#,
+        "{",
+        r#"{"a": 18446744073709551615}"#,
+    ] {
         let (code, _, err) = sift(&["filter", "test", "a == 1", "--attrs", attrs]);
         assert_eq!(code, 2, "{attrs}");
         assert!(err.starts_with("error:"), "{attrs}: {err}");

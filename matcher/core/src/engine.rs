@@ -33,8 +33,8 @@ fn rebuild_index(
     let mut index = Box::new(Index::new(stats, bucket.slots.len()));
     for &s in &bucket.slots {
         let prog = &mut records[s as usize].prog;
-        choose(prog, &index.stats);
-        index.insert(&plan(prog, state), s, state, pool);
+        choose(prog, &index.stats, pool);
+        index.insert(&plan(prog, state, pool), s, state, pool);
     }
     bucket.index = Some(index);
 }
@@ -374,8 +374,8 @@ impl Engine {
         match &mut bucket.index {
             Some(index) if len < 2 * index.built_len => {
                 let prog = &mut records[slot as usize].prog;
-                choose(prog, &index.stats);
-                index.insert(&plan(prog, state), slot, state, pool);
+                choose(prog, &index.stats, pool);
+                index.insert(&plan(prog, state, pool), slot, state, pool);
             }
             // Doubled since the last build: re-plan everyone with fresher statistics.
             Some(_) => rebuild_index(bucket, records, state, pool),
@@ -409,7 +409,7 @@ impl Engine {
         };
         if let Some(index) = &mut bucket.index {
             index.remove(
-                &plan(&records[slot as usize].prog, state),
+                &plan(&records[slot as usize].prog, state, pool),
                 slot,
                 state,
                 pool,
@@ -509,9 +509,9 @@ impl Engine {
         };
         let mut new = Prog::compile(filter.expr(), pool, names);
         if let Some(index) = &mut bucket.index {
-            index.remove(&plan(&rec.prog, state), slot, state, pool);
-            choose(&mut new, &index.stats);
-            index.insert(&plan(&new, state), slot, state, pool);
+            index.remove(&plan(&rec.prog, state, pool), slot, state, pool);
+            choose(&mut new, &index.stats, pool);
+            index.insert(&plan(&new, state, pool), slot, state, pool);
         }
         let old = std::mem::replace(&mut rec.prog, new);
         old.release(pool, names);

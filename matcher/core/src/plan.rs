@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use crate::attrs::AttrId;
 use crate::keys::{KeyRef, NumKey};
 use crate::prog::{Lit, Node, PredTest, Prog, NO_CHOICE};
-use crate::regex_pool::RegexId;
+use crate::regex_pool::{Anchor, RegexId, RegexPool};
 
 /// A bound of a range: the key and whether it is inclusive.
 pub(crate) type Bound<K> = Option<(K, bool)>;
@@ -235,7 +235,12 @@ fn half(test: &PredTest<'_>) -> Option<Half> {
 }
 
 /// Guessed fraction of events that hit a predicate's keys; `None` when it has none.
-fn guess_predicate(attr: AttrId, test: &PredTest<'_>, stats: &BucketStats) -> Option<f64> {
+fn guess_predicate(
+    attr: AttrId,
+    test: &PredTest<'_>,
+    stats: &BucketStats,
+    pool: &RegexPool,
+) -> Option<f64> {
     Some(match test {
         PredTest::Cmp(CmpOp::Eq, _) => stats.eq(attr),
         PredTest::Cmp(CmpOp::Ne, _) | PredTest::In { negated: true, .. } => return None,
@@ -250,7 +255,10 @@ fn guess_predicate(attr: AttrId, test: &PredTest<'_>, stats: &BucketStats) -> Op
             }
         }
         PredTest::In { items, .. } => (items.clone().count() as f64 * stats.eq(attr)).min(1.0),
-        PredTest::Regex(_) => GUESS_REGEX,
+        PredTest::Regex(id) => match pool.anchor(*id) {
+            Anchor::Prefix(_) | Anchor::Suffix(_) => GUESS_AFFIX,
+            Anchor::None => GUESS_REGEX,
+        },
         PredTest::Exists => GUESS_EXISTS,
         PredTest::Prefix(b) | PredTest::Suffix(b) => {
             if b.is_empty() {
@@ -263,10 +271,10 @@ fn guess_predicate(attr: AttrId, test: &PredTest<'_>, stats: &BucketStats) -> Op
 }
 
 /// Chooses access keys for every `and` of `prog` under `stats` and records the choices.
-pub(crate) fn choose(prog: &mut Prog, stats: &BucketStats) {
+pub(crate) fn choose(prog: &mut Prog, stats: &BucketStats, pool: &RegexPool) {
     if !prog.is_empty() {
         let mut choices = Vec::new();
-        guess(prog, 0, stats, &mut choices);
+        guess(prog, 0, stats, pool, &mut choices);
         for (pos, choice) in choices {
             prog.set_choice(pos, choice);
         }
@@ -278,15 +286,16 @@ fn guess(
     prog: &Prog,
     pos: usize,
     stats: &BucketStats,
+    pool: &RegexPool,
     choices: &mut Vec<(usize, (u8, u8))>,
 ) -> Option<f64> {
     match prog.node(pos) {
         Node::Not(_) => None,
-        Node::Pred { attr, test } => guess_predicate(attr, &test, stats),
+        Node::Pred { attr, test } => guess_predicate(attr, &test, stats, pool),
         Node::Or(children) => {
             let mut total = Some(0.0);
             for c in children {
-                let g = guess(prog, c, stats, choices);
+                let g = guess(prog, c, stats, pool, choices);
                 total = total.zip(g).map(|(t, g)| (t + g).min(1.0));
             }
             total
@@ -296,7 +305,7 @@ fn guess(
             let mut halves: SmallVec<[(u8, AttrId, Half); 4]> = SmallVec::new();
             for (i, c) in children.enumerate() {
                 let i = i as u8;
-                let Some(g) = guess(prog, c, stats, choices) else {
+                let Some(g) = guess(prog, c, stats, pool, choices) else {
                     continue;
                 };
                 if best.is_none_or(|(b, _)| g < b) {
@@ -345,24 +354,29 @@ fn best_interval(halves: &[(u8, AttrId, Half)], stats: &BucketStats) -> Option<(
 
 /// The plan of `prog`, following the choices recorded by [`choose`] (a program never given to
 /// `choose` has no keys under any `and`).
-pub(crate) fn plan<'p, S: BuildHasher>(prog: &'p Prog, state: &S) -> Plan<'p> {
+pub(crate) fn plan<'p, S: BuildHasher>(prog: &'p Prog, state: &S, pool: &'p RegexPool) -> Plan<'p> {
     if prog.is_empty() {
         return Plan::All;
     }
-    match keys(prog, 0, state) {
+    match keys(prog, 0, state, pool) {
         Some(keys) => Plan::Keys(keys),
         None => Plan::Residual,
     }
 }
 
-fn keys<'p, S: BuildHasher>(prog: &'p Prog, pos: usize, state: &S) -> Option<Keys<'p>> {
+fn keys<'p, S: BuildHasher>(
+    prog: &'p Prog,
+    pos: usize,
+    state: &S,
+    pool: &'p RegexPool,
+) -> Option<Keys<'p>> {
     match prog.node(pos) {
         Node::Not(_) => None,
-        Node::Pred { attr, test } => predicate_keys(attr, test, state),
+        Node::Pred { attr, test } => predicate_keys(attr, test, state, pool),
         Node::Or(children) => {
             let mut all = Keys::new();
             for c in children {
-                for k in keys(prog, c, state)? {
+                for k in keys(prog, c, state, pool)? {
                     if !all.contains(&k) {
                         all.push(k);
                     }
@@ -378,12 +392,12 @@ fn keys<'p, S: BuildHasher>(prog: &'p Prog, pos: usize, state: &S) -> Option<Key
                 return None;
             }
             let first = children.nth(a as usize)?;
-            let first_keys = keys(prog, first, state)?;
+            let first_keys = keys(prog, first, state, pool)?;
             if b == NO_CHOICE {
                 return Some(first_keys);
             }
             let second = children.nth((b - a - 1) as usize)?;
-            let second_keys = keys(prog, second, state)?;
+            let second_keys = keys(prog, second, state, pool)?;
             merge_interval(&first_keys[0], &second_keys[0]).map(|iv| SmallVec::from_iter([iv]))
         }
     }
@@ -423,6 +437,7 @@ fn predicate_keys<'p, S: BuildHasher>(
     attr: AttrId,
     test: PredTest<'p>,
     state: &S,
+    pool: &'p RegexPool,
 ) -> Option<Keys<'p>> {
     let one = |a| Some(SmallVec::from_iter([a]));
     match test {
@@ -487,7 +502,11 @@ fn predicate_keys<'p, S: BuildHasher>(
             }
             Some(keys)
         }
-        PredTest::Regex(id) => one(Access::Regex { attr, id }),
+        PredTest::Regex(id) => match pool.anchor(id) {
+            Anchor::Prefix(bytes) => one(Access::Prefix { attr, bytes }),
+            Anchor::Suffix(bytes) => one(Access::Suffix { attr, bytes }),
+            Anchor::None => one(Access::Regex { attr, id }),
+        },
         PredTest::Exists => one(Access::Exists { attr }),
         PredTest::Prefix(bytes) => one(Access::Prefix { attr, bytes }),
         PredTest::Suffix(bytes) => one(Access::Suffix { attr, bytes }),
@@ -535,8 +554,8 @@ mod tests {
         let others: Vec<Prog> = stats_from.iter().map(|t| ctx.compile(t)).collect();
         let stats = BucketStats::gather(others.iter(), &state);
         let mut prog = ctx.compile(text);
-        choose(&mut prog, &stats);
-        f(plan(&prog, &state), &|n| ctx.id(n));
+        choose(&mut prog, &stats, &ctx.pool);
+        f(plan(&prog, &state, &ctx.pool), &|n| ctx.id(n));
     }
 
     fn only(p: Plan<'_>) -> Access<'_> {

@@ -2,10 +2,14 @@
 //! subscription that uses it and released when the last one goes.
 //!
 //! A compiled regex costs kilobytes; subscriptions often repeat patterns, so interning is what
-//! keeps memory per subscription bounded when they do.
+//! keeps memory per subscription bounded when they do. Each pattern is also analysed once for
+//! an anchored literal: `^sku-12[0-9]$` can only match values that start with `sku-12`, so the
+//! index can reach it through the prefix index instead of running the regex on every event.
 
 use hashbrown::HashMap;
 use regex::Regex;
+use regex_syntax::hir::literal::{ExtractKind, Extractor, Seq};
+use regex_syntax::hir::{Hir, HirKind, Look};
 
 /// Index of an interned regex; stable while any subscription holds it.
 pub(crate) type RegexId = u32;
@@ -14,6 +18,18 @@ pub(crate) type RegexId = u32;
 struct Entry {
     regex: Regex,
     refs: u32,
+    anchor: Anchor,
+}
+
+/// A literal that every match of a regex starts or ends with, when the regex is anchored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Anchor {
+    /// Every match is a value starting with these bytes (`^lit…`).
+    Prefix(Box<[u8]>),
+    /// Every match is a value ending with these bytes (`…lit$`).
+    Suffix(Box<[u8]>),
+    /// Nothing usable.
+    None,
 }
 
 #[derive(Debug, Default)]
@@ -32,9 +48,11 @@ impl RegexPool {
             }
             return id;
         }
+        let anchor = anchor_of(regex.as_str());
         let entry = Some(Entry {
             regex: regex.clone(),
             refs: 1,
+            anchor,
         });
         let id = match self.free.pop() {
             Some(id) => {
@@ -66,16 +84,124 @@ impl RegexPool {
         }
     }
 
-    /// The compiled regex of a held id.
-    pub(crate) fn get(&self, id: RegexId) -> &Regex {
+    fn entry(&self, id: RegexId) -> &Entry {
         match &self.entries[id as usize] {
-            Some(e) => &e.regex,
+            Some(e) => e,
             None => unreachable!("regex id {id} is held by a live subscription"),
         }
+    }
+
+    /// The compiled regex of a held id.
+    pub(crate) fn get(&self, id: RegexId) -> &Regex {
+        &self.entry(id).regex
+    }
+
+    /// The anchored literal of a held id.
+    pub(crate) fn anchor(&self, id: RegexId) -> &Anchor {
+        &self.entry(id).anchor
     }
 
     /// Distinct patterns held.
     pub(crate) fn len(&self) -> usize {
         self.by_pattern.len()
+    }
+}
+
+/// Longest literals an anchor may be made of before it is not worth extracting.
+const ANCHOR_LITERALS_MAX: usize = 64;
+
+/// Finds a literal every match must start (or end) the haystack with: the pattern is a
+/// concatenation beginning with `^`/`\A` (or ending with `$`/`\z`), and the literals that the
+/// rest can start (end) with share a non-empty common prefix (suffix).
+fn anchor_of(pattern: &str) -> Anchor {
+    let Ok(hir) = regex_syntax::Parser::new().parse(pattern) else {
+        return Anchor::None;
+    };
+    let HirKind::Concat(parts) = hir.kind() else {
+        return Anchor::None;
+    };
+    let extract = |prefix: bool, rest: &[Hir]| -> Option<Box<[u8]>> {
+        let mut ex = Extractor::new();
+        let kind = if prefix {
+            ExtractKind::Prefix
+        } else {
+            ExtractKind::Suffix
+        };
+        ex.kind(kind).limit_total(ANCHOR_LITERALS_MAX);
+        let seq = ex.extract(&Hir::concat(rest.to_vec()));
+        common(&seq, prefix)
+    };
+    if let (Some(first), Some(rest)) = (parts.first(), parts.get(1..)) {
+        if matches!(first.kind(), HirKind::Look(Look::Start)) {
+            if let Some(p) = extract(true, rest) {
+                return Anchor::Prefix(p);
+            }
+        }
+    }
+    if let Some((last, rest)) = parts.split_last() {
+        if matches!(last.kind(), HirKind::Look(Look::End)) {
+            if let Some(s) = extract(false, rest) {
+                return Anchor::Suffix(s);
+            }
+        }
+    }
+    Anchor::None
+}
+
+/// The longest common prefix (or suffix) of a finite literal sequence, if non-empty.
+fn common(seq: &Seq, prefix: bool) -> Option<Box<[u8]>> {
+    let lits = seq.literals()?;
+    let first = lits.first()?.as_bytes();
+    let mut len = first.len();
+    for lit in &lits[1..] {
+        let b = lit.as_bytes();
+        let shared = if prefix {
+            first.iter().zip(b).take_while(|(x, y)| x == y).count()
+        } else {
+            first
+                .iter()
+                .rev()
+                .zip(b.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count()
+        };
+        len = len.min(shared);
+    }
+    if len == 0 {
+        return None;
+    }
+    Some(if prefix {
+        first[..len].into()
+    } else {
+        first[first.len() - len..].into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Anchor {
+        Anchor::Prefix(s.as_bytes().into())
+    }
+
+    fn s(x: &str) -> Anchor {
+        Anchor::Suffix(x.as_bytes().into())
+    }
+
+    #[test]
+    fn anchors() {
+        assert_eq!(anchor_of("^sku-012[0-9]{2}$"), p("sku-012"));
+        assert_eq!(anchor_of(r"\Aab"), p("ab"));
+        assert_eq!(anchor_of("^(ab|ac)d"), p("a"));
+        assert_eq!(anchor_of("^ab*"), p("a"));
+        assert_eq!(anchor_of("1234$"), s("1234"));
+        assert_eq!(anchor_of("x(ab|cb)$"), s("b"));
+        // Not anchored, or nothing literal, or alternation of anchors: no anchor.
+        for none in [
+            "ab", "^", "^$", "^.*x", "^a|b", "(?m)^ab", "^(?i)xyz", "a$|b", "^[a-z]",
+        ] {
+            assert_eq!(anchor_of(none), Anchor::None, "{none}");
+        }
     }
 }

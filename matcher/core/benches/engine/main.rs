@@ -200,7 +200,10 @@ fn w1(opts: &Opts, variant: Variant, rows: &mut Vec<Row>) {
         Variant::UniqueRegexes => "W1-unique-regex",
     };
     let main = variant == Variant::Selective;
-    let n_subs = if opts.quick { 100_000 } else { 1_000_000 };
+    let n_subs = std::env::var("SIFT_BENCH_W1_SUBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if opts.quick { 100_000 } else { 1_000_000 });
     let n_events = if opts.quick { 20_000 } else { 200_000 };
     let n_naive = if opts.quick { 200 } else { 2_000 };
     println!("\n== {name}: {n_subs} subscriptions over {W1_TOPICS} topics (Zipf 1.0), 5-attribute events");
@@ -259,7 +262,11 @@ fn w1(opts: &Opts, variant: Variant, rows: &mut Vec<Row>) {
             })
             .collect();
         if std::env::var_os("SIFT_BENCH_PROFILE").is_some() {
-            let which = if std::env::var_os("SIFT_BENCH_COLD").is_some() { &cold } else { &hot };
+            let which = if std::env::var_os("SIFT_BENCH_COLD").is_some() {
+                &cold
+            } else {
+                &hot
+            };
             for _ in 0..30 {
                 run_engine(&mut engine, which);
             }

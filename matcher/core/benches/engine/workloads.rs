@@ -290,17 +290,17 @@ pub fn w3_topic(r: &mut Rng8) -> String {
     tokens.join(".")
 }
 
-/// A pattern: a random topic with tokens replaced by `*` (30% each) and, for 30% of the
-/// patterns, the tail cut at a random point and replaced by `>`.
+/// A pattern: a random topic with tokens replaced by `*` (15% each) and, for 25% of the
+/// patterns, the tail cut after two or three tokens and replaced by `>`.
 pub fn w3_sub(r: &mut Rng8) -> Sub {
     let mut tokens: Vec<String> = w3_topic(r).split('.').map(String::from).collect();
     for t in tokens.iter_mut() {
-        if r.random_bool(0.3) {
+        if r.random_bool(0.15) {
             *t = "*".into();
         }
     }
-    if r.random_bool(0.3) {
-        let keep = r.random_range(1..tokens.len());
+    if r.random_bool(0.25) {
+        let keep = r.random_range(2..tokens.len());
         tokens.truncate(keep);
         tokens.push(">".into());
     }

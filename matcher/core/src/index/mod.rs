@@ -10,6 +10,7 @@ mod regex;
 use std::hash::BuildHasher;
 
 use sift_protocol::Value;
+use smallvec::SmallVec;
 
 use crate::attrs::{AttrId, EventView};
 use crate::keys::{KeyRef, NumKey};
@@ -46,6 +47,10 @@ impl Bucket {
 }
 
 /// The index of one bucket.
+///
+/// Equality keys of every attribute share one postings table (keyed by attribute and value),
+/// so the common case — an event probing a few equality keys — touches one table; the other
+/// kinds of keys sit per attribute behind one pointer.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     /// Statistics the access keys were chosen with.
@@ -56,13 +61,16 @@ pub(crate) struct Index {
     always: SlotList,
     /// Filters without access keys: evaluated for every event.
     residual: SlotList,
-    /// Per attribute, sorted by attribute id.
-    attrs: Vec<(AttrId, AttrIndex)>,
+    /// Equality keys of all attributes: hash of (attribute, value) → slots.
+    eq: Postings,
+    /// Attributes with equality keys, sorted, with their key counts.
+    eq_attrs: SmallVec<[(AttrId, u32); 4]>,
+    /// The other kinds of keys, per attribute, sorted by attribute id.
+    attrs: Vec<(AttrId, Box<AttrIndex>)>,
 }
 
 #[derive(Debug, Default)]
 struct AttrIndex {
-    eq: Postings,
     exists: SlotList,
     num: Option<Box<RangeIndex<NumKey>>>,
     str: Option<Box<RangeIndex<Box<[u8]>>>>,
@@ -71,10 +79,14 @@ struct AttrIndex {
     regex: Option<Box<RegexIndex>>,
 }
 
+/// The equality key of `attr == value` with value hash `h`.
+fn eq_key(attr: AttrId, h: u64) -> u64 {
+    h ^ crate::keys::mix64(u64::from(attr) + 1)
+}
+
 impl AttrIndex {
     fn is_empty(&self) -> bool {
-        self.eq.is_empty()
-            && self.exists.is_empty()
+        self.exists.is_empty()
             && self.num.as_ref().is_none_or(|r| r.is_empty())
             && self.str.as_ref().is_none_or(|r| r.is_empty())
             && self.prefix.as_ref().is_none_or(|r| r.is_empty())
@@ -89,9 +101,6 @@ impl AttrIndex {
         pool: &RegexPool,
         f: &mut impl FnMut(Slot),
     ) {
-        if let Some(k) = KeyRef::from_value(v) {
-            self.eq.get(k.hash_with(state), &mut *f);
-        }
         self.exists.for_each(&mut *f);
         match v {
             Value::Str(s) => {
@@ -136,11 +145,32 @@ impl Index {
         let i = match self.attrs.binary_search_by_key(&attr, |(a, _)| *a) {
             Ok(i) => i,
             Err(i) => {
-                self.attrs.insert(i, (attr, AttrIndex::default()));
+                self.attrs.insert(i, (attr, Box::default()));
                 i
             }
         };
         &mut self.attrs[i].1
+    }
+
+    fn eq_insert(&mut self, attr: AttrId, key: u64, slot: Slot) {
+        self.eq.insert(eq_key(attr, key), slot);
+        match self.eq_attrs.binary_search_by_key(&attr, |(a, _)| *a) {
+            Ok(i) => self.eq_attrs[i].1 += 1,
+            Err(i) => self.eq_attrs.insert(i, (attr, 1)),
+        }
+    }
+
+    fn eq_remove(&mut self, attr: AttrId, key: u64, slot: Slot) -> bool {
+        if !self.eq.remove(eq_key(attr, key), slot) {
+            return false;
+        }
+        if let Ok(i) = self.eq_attrs.binary_search_by_key(&attr, |(a, _)| *a) {
+            self.eq_attrs[i].1 -= 1;
+            if self.eq_attrs[i].1 == 0 {
+                self.eq_attrs.remove(i);
+            }
+        }
+        true
     }
 
     /// Adds `slot` under every key of its plan.
@@ -157,9 +187,13 @@ impl Index {
             Plan::Keys(keys) => keys,
         };
         for key in keys {
+            if let Access::Eq { attr, key } = key {
+                self.eq_insert(*attr, *key, slot);
+                continue;
+            }
             let ai = self.attr_mut(key.attr());
             match key {
-                Access::Eq { key, .. } => ai.eq.insert(*key, slot),
+                Access::Eq { .. } => {}
                 Access::Exists { .. } => ai.exists.insert(slot),
                 Access::Num { lo, hi, .. } => ai.num.get_or_insert_default().insert(*lo, *hi, slot),
                 Access::Str { lo, hi, .. } => {
@@ -202,13 +236,18 @@ impl Index {
             Plan::Keys(keys) => keys,
         };
         for key in keys {
+            if let Access::Eq { attr, key } = key {
+                let was = self.eq_remove(*attr, *key, slot);
+                debug_assert!(was, "slot {slot} missing under {key:?}");
+                continue;
+            }
             let Ok(i) = self.attrs.binary_search_by_key(&key.attr(), |(a, _)| *a) else {
                 debug_assert!(false, "attribute {} missing from the index", key.attr());
                 continue;
             };
             let ai = &mut self.attrs[i].1;
             let was = match key {
-                Access::Eq { key, .. } => ai.eq.remove(*key, slot),
+                Access::Eq { .. } => false,
                 Access::Exists { .. } => ai.exists.remove(slot),
                 Access::Num { lo, hi, .. } => {
                     ai.num.as_mut().is_some_and(|r| r.remove(*lo, *hi, slot))
@@ -248,18 +287,23 @@ impl Index {
     ) {
         self.always.for_each(|s| f(s, false));
         self.residual.for_each(|s| f(s, true));
-        if self.attrs.is_empty() {
-            return;
-        }
         let mut report = |s| f(s, true);
-        // Both sides are sorted by attribute id: walk them together.
-        let mut mine = self.attrs.iter_mut().peekable();
+        // The event's attributes, the equality attributes and the other indexes are all
+        // sorted by attribute id: walk them together.
+        let mut eq_attrs = self.eq_attrs.iter().peekable();
+        let mut others = self.attrs.iter_mut().peekable();
         for &(attr, value) in attrs.items() {
-            while mine.next_if(|(a, _)| *a < attr).is_some() {}
-            match mine.peek_mut() {
-                None => return,
-                Some((a, ai)) if *a == attr => ai.query(value, state, pool, &mut report),
-                Some(_) => {}
+            while eq_attrs.next_if(|(a, _)| *a < attr).is_some() {}
+            if eq_attrs.peek().is_some_and(|(a, _)| *a == attr) {
+                if let Some(k) = KeyRef::from_value(value) {
+                    self.eq.get(eq_key(attr, k.hash_with(state)), &mut report);
+                }
+            }
+            while others.next_if(|(a, _)| *a < attr).is_some() {}
+            if let Some((a, ai)) = others.peek_mut() {
+                if *a == attr {
+                    ai.query(value, state, pool, &mut report);
+                }
             }
         }
     }
