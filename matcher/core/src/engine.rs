@@ -682,6 +682,7 @@ impl Engine {
             indexed_buckets: self.indexed,
             groups: self.groups.len(),
             regexes: self.pool.len(),
+            regexes_compiled: self.pool.compiled(),
             ..self.counters.clone()
         }
     }

@@ -382,7 +382,7 @@ pub(crate) fn eval_test(test: &PredTest<'_>, v: &Value, pool: &RegexPool) -> boo
                 .any(|l| compare_lit(v, l) == Some(Ordering::Equal))
                 != *negated
         }
-        PredTest::Regex(id) => matches!(v, Value::Str(s) if pool.get(*id).is_match(s)),
+        PredTest::Regex(id) => matches!(v, Value::Str(s) if pool.is_match(*id, s)),
         PredTest::Exists => true,
         PredTest::Prefix(p) => matches!(v, Value::Str(s) if s.as_bytes().starts_with(p)),
         PredTest::Suffix(p) => matches!(v, Value::Str(s) if s.as_bytes().ends_with(p)),
@@ -497,7 +497,7 @@ fn emit_pred(p: &Predicate, pool: &mut RegexPool, names: &mut AttrNames, out: &m
                 emit_lit(lit, out);
             }
         }
-        Test::Regex(r) => out.extend_from_slice(&pool.acquire(r.regex()).to_le_bytes()),
+        Test::Regex(r) => out.extend_from_slice(&pool.acquire(r.pattern()).to_le_bytes()),
         Test::Exists => {}
         Test::Prefix(s) | Test::Suffix(s) => emit_bytes(s.as_bytes(), out),
     }

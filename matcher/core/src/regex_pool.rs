@@ -1,22 +1,29 @@
-//! Interned regexes: one compiled `Regex` per distinct pattern in the engine, shared by every
+//! Interned regexes: one `Regex` per distinct pattern in the engine, shared by every
 //! subscription that uses it and released when the last one goes.
 //!
 //! A compiled regex costs kilobytes; subscriptions often repeat patterns, so interning is what
-//! keeps memory per subscription bounded when they do. Each pattern is also analysed once for
-//! an anchored literal: `^sku-12[0-9]$` can only match values that start with `sku-12`, so the
-//! index can reach it through the prefix index instead of running the regex on every event.
+//! keeps memory per subscription bounded when they do. A pattern is compiled lazily, the first
+//! time an event needs it: a subscription whose regex is reached through an anchored literal
+//! and never hit costs only its pattern text. (The filter parser has already compiled it once,
+//! with the same limits, so a later compile cannot fail.) Each pattern is also analysed once
+//! for an anchored literal: `^sku-12[0-9]$` can only match values that start with `sku-12`, so
+//! the index reaches it through the prefix index instead of running the regex on every event.
+
+use std::cell::OnceCell;
 
 use hashbrown::HashMap;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use regex_syntax::hir::literal::{ExtractKind, Extractor, Seq};
 use regex_syntax::hir::{Hir, HirKind, Look};
+use sift_protocol::limits::{REGEX_COMPILED_BYTES_MAX, REGEX_DFA_BYTES_MAX};
 
 /// Index of an interned regex; stable while any subscription holds it.
 pub(crate) type RegexId = u32;
 
 #[derive(Debug)]
 struct Entry {
-    regex: Regex,
+    pattern: Box<str>,
+    regex: OnceCell<Regex>,
     refs: u32,
     anchor: Anchor,
 }
@@ -40,31 +47,33 @@ pub(crate) struct RegexPool {
 }
 
 impl RegexPool {
-    /// Takes a reference to `regex`'s pattern, interning it if new.
-    pub(crate) fn acquire(&mut self, regex: &Regex) -> RegexId {
-        if let Some(&id) = self.by_pattern.get(regex.as_str()) {
+    /// Takes a reference to `pattern` (already validated by the filter parser), interning it
+    /// if new.
+    pub(crate) fn acquire(&mut self, pattern: &str) -> RegexId {
+        if let Some(&id) = self.by_pattern.get(pattern) {
             if let Some(e) = self.entries[id as usize].as_mut() {
                 e.refs += 1;
             }
             return id;
         }
-        let anchor = anchor_of(regex.as_str());
-        let entry = Some(Entry {
-            regex: regex.clone(),
+        let anchor = anchor_of(pattern);
+        let entry = Entry {
+            pattern: pattern.into(),
+            regex: OnceCell::new(),
             refs: 1,
             anchor,
-        });
+        };
         let id = match self.free.pop() {
             Some(id) => {
-                self.entries[id as usize] = entry;
+                self.entries[id as usize] = Some(entry);
                 id
             }
             None => {
-                self.entries.push(entry);
+                self.entries.push(Some(entry));
                 (self.entries.len() - 1) as RegexId
             }
         };
-        self.by_pattern.insert(regex.as_str().into(), id);
+        self.by_pattern.insert(pattern.into(), id);
         id
     }
 
@@ -78,7 +87,7 @@ impl RegexPool {
         e.refs -= 1;
         if e.refs == 0 {
             if let Some(e) = slot.take() {
-                self.by_pattern.remove(e.regex.as_str());
+                self.by_pattern.remove(&e.pattern);
             }
             self.free.push(id);
         }
@@ -91,9 +100,29 @@ impl RegexPool {
         }
     }
 
-    /// The compiled regex of a held id.
-    pub(crate) fn get(&self, id: RegexId) -> &Regex {
-        &self.entry(id).regex
+    /// The pattern of a held id.
+    pub(crate) fn pattern(&self, id: RegexId) -> &str {
+        &self.entry(id).pattern
+    }
+
+    /// Whether the regex of a held id matches `s`, compiling it on first use.
+    pub(crate) fn is_match(&self, id: RegexId, s: &str) -> bool {
+        let e = self.entry(id);
+        let regex = e.regex.get_or_init(|| {
+            let built = RegexBuilder::new(&e.pattern)
+                .size_limit(REGEX_COMPILED_BYTES_MAX)
+                .dfa_size_limit(REGEX_DFA_BYTES_MAX)
+                .build();
+            // The parser compiled this very pattern with these limits, so this cannot fail;
+            // were it to, the empty class (which matches nothing) is the safe stand-in.
+            debug_assert!(
+                built.is_ok(),
+                "pattern {:?} compiled at parse time",
+                e.pattern
+            );
+            built.unwrap_or_else(|_| never())
+        });
+        regex.is_match(s)
     }
 
     /// The anchored literal of a held id.
@@ -104,6 +133,23 @@ impl RegexPool {
     /// Distinct patterns held.
     pub(crate) fn len(&self) -> usize {
         self.by_pattern.len()
+    }
+
+    /// How many patterns are compiled now (the others have not been needed yet).
+    pub(crate) fn compiled(&self) -> usize {
+        self.entries
+            .iter()
+            .flatten()
+            .filter(|e| e.regex.get().is_some())
+            .count()
+    }
+}
+
+/// A regex that matches nothing.
+fn never() -> Regex {
+    match Regex::new(r"[^\s\S]") {
+        Ok(r) => r,
+        Err(_) => unreachable!("a constant pattern"),
     }
 }
 

@@ -271,6 +271,8 @@ pub struct Stats {
     pub groups: usize,
     /// Distinct regexes held.
     pub regexes: usize,
+    /// Of those, how many are compiled (a regex is compiled the first time an event needs it).
+    pub regexes_compiled: usize,
     /// Events matched since start.
     pub events: u64,
     /// Subscriptions considered (index hits and scans) since start.

@@ -49,7 +49,7 @@ impl RegexIndex {
         list.insert(slot);
         if fresh {
             // Ids are reused by the pool, so membership also checks the pattern.
-            let pattern = pool.get(id).as_str();
+            let pattern = pool.pattern(id);
             let in_set = self.set.as_ref().is_some_and(|(set, ids)| {
                 ids.iter()
                     .zip(set.patterns())
@@ -112,7 +112,7 @@ impl RegexIndex {
 
     fn rebuild(&mut self, pool: &RegexPool) {
         let ids: Vec<RegexId> = self.entries.keys().copied().collect();
-        let patterns = ids.iter().map(|id| pool.get(*id).as_str());
+        let patterns = ids.iter().map(|id| pool.pattern(*id));
         let size = REGEX_COMPILED_BYTES_MAX
             .saturating_mul(ids.len())
             .min(REGEX_SET_BYTES_MAX);
@@ -150,7 +150,7 @@ impl RegexIndex {
             }
         }
         for id in &self.pending {
-            if pool.get(*id).is_match(v) {
+            if pool.is_match(*id, v) {
                 if let Some(list) = self.entries.get(id) {
                     list.for_each(&mut f);
                 }
