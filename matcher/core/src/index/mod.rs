@@ -19,7 +19,7 @@ use crate::regex_pool::RegexPool;
 use affix::{AffixIndex, End};
 use postings::Postings;
 pub(crate) use postings::{Slot, SlotList};
-use range::RangeIndex;
+use range::{NumRangeIndex, RangeIndex};
 use regex::RegexIndex;
 
 /// The subscriptions of one exact topic or one pattern.
@@ -72,7 +72,7 @@ pub(crate) struct Index {
 #[derive(Debug, Default)]
 struct AttrIndex {
     exists: SlotList,
-    num: Option<Box<RangeIndex<NumKey>>>,
+    num: Option<Box<NumRangeIndex>>,
     str: Option<Box<RangeIndex<Box<[u8]>>>>,
     prefix: Option<Box<AffixIndex>>,
     suffix: Option<Box<AffixIndex>>,
@@ -120,7 +120,7 @@ impl AttrIndex {
             }
             Value::Int(_) | Value::Float(_) => {
                 if let (Some(r), Some(n)) = (&self.num, NumKey::from_value(v)) {
-                    r.query(&n, &mut *f);
+                    r.query(n, &mut *f);
                 }
             }
             Value::Bool(_) => {}

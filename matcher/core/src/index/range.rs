@@ -1,6 +1,7 @@
 //! Range predicates: `a > k` style half-ranges in ordered maps (the satisfied ones are a
-//! contiguous run), and two-sided intervals in a stabbing structure. Both are output-sensitive:
-//! a query costs about the number of satisfied ranges, not the number stored.
+//! contiguous run), and two-sided intervals in a stabbing structure — grouped by width for
+//! numbers, a sorted array with a segment tree for strings. All are output-sensitive: a query
+//! costs about the number of satisfied ranges, not the number stored.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -9,27 +10,22 @@ use std::ops::Bound::{Included, Unbounded};
 use smallvec::SmallVec;
 
 use super::postings::Slot;
+use crate::keys::NumKey;
 
 type Entries = SmallVec<[(Slot, bool); 2]>;
 
-/// All range keys of one attribute and one kind (numbers, or strings by bytes).
-/// `K` is the stored key, `Q` the borrowed form events are queried with.
+/// One-sided ranges of one attribute: `a > k`/`a >= k` and `a < k`/`a <= k`, by `k`.
 #[derive(Debug)]
-pub(crate) struct RangeIndex<K> {
-    /// `a > k` (`incl = false`) and `a >= k` (`incl = true`), by `k`.
+struct HalfRanges<K> {
     lower: BTreeMap<K, Entries>,
-    /// `a < k` and `a <= k`, by `k`.
     upper: BTreeMap<K, Entries>,
-    /// `lo < a < hi` with either end inclusive.
-    both: IntervalSet<K>,
 }
 
-impl<K: Ord + Clone> Default for RangeIndex<K> {
+impl<K> Default for HalfRanges<K> {
     fn default() -> Self {
-        RangeIndex {
+        HalfRanges {
             lower: BTreeMap::new(),
             upper: BTreeMap::new(),
-            both: IntervalSet::default(),
         }
     }
 }
@@ -48,36 +44,33 @@ fn remove_entry<K: Ord>(map: &mut BTreeMap<K, Entries>, key: &K, slot: Slot) -> 
     true
 }
 
-impl<K: Ord + Clone> RangeIndex<K> {
-    pub(crate) fn insert(&mut self, lo: Option<(K, bool)>, hi: Option<(K, bool)>, slot: Slot) {
-        match (lo, hi) {
-            (Some((k, incl)), None) => self.lower.entry(k).or_default().push((slot, incl)),
-            (None, Some((k, incl))) => self.upper.entry(k).or_default().push((slot, incl)),
-            (Some(lo), Some(hi)) => self.both.insert(Interval { lo, hi, slot }),
-            (None, None) => debug_assert!(false, "a range needs a bound"),
-        }
+impl<K: Ord> HalfRanges<K> {
+    fn insert(&mut self, lower: bool, (k, incl): (K, bool), slot: Slot) {
+        let map = if lower {
+            &mut self.lower
+        } else {
+            &mut self.upper
+        };
+        map.entry(k).or_default().push((slot, incl));
     }
 
-    pub(crate) fn remove(
-        &mut self,
-        lo: Option<(K, bool)>,
-        hi: Option<(K, bool)>,
-        slot: Slot,
-    ) -> bool {
-        match (lo, hi) {
-            (Some((k, _)), None) => remove_entry(&mut self.lower, &k, slot),
-            (None, Some((k, _))) => remove_entry(&mut self.upper, &k, slot),
-            (Some(lo), Some(hi)) => self.both.remove(&Interval { lo, hi, slot }),
-            (None, None) => false,
-        }
+    fn remove(&mut self, lower: bool, k: &K, slot: Slot) -> bool {
+        remove_entry(
+            if lower {
+                &mut self.lower
+            } else {
+                &mut self.upper
+            },
+            k,
+            slot,
+        )
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lower.is_empty() && self.upper.is_empty() && self.both.is_empty()
+    fn is_empty(&self) -> bool {
+        self.lower.is_empty() && self.upper.is_empty()
     }
 
-    /// Calls `f` for every range that `v` satisfies.
-    pub(crate) fn query<Q>(&self, v: &Q, mut f: impl FnMut(Slot))
+    fn query<Q>(&self, v: &Q, f: &mut impl FnMut(Slot))
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
@@ -96,7 +89,239 @@ impl<K: Ord + Clone> RangeIndex<K> {
                 .filter(|(_, incl)| !at_v || *incl)
                 .for_each(|(s, _)| f(*s));
         }
+    }
+}
+
+/// All range keys of one attribute over strings (by bytes) or any other ordered key.
+#[derive(Debug)]
+pub(crate) struct RangeIndex<K> {
+    half: HalfRanges<K>,
+    /// `lo < a < hi` with either end inclusive.
+    both: IntervalSet<K>,
+}
+
+impl<K> Default for RangeIndex<K> {
+    fn default() -> Self {
+        RangeIndex {
+            half: HalfRanges::default(),
+            both: IntervalSet::default(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> RangeIndex<K> {
+    pub(crate) fn insert(&mut self, lo: Option<(K, bool)>, hi: Option<(K, bool)>, slot: Slot) {
+        match (lo, hi) {
+            (Some(b), None) => self.half.insert(true, b, slot),
+            (None, Some(b)) => self.half.insert(false, b, slot),
+            (Some(lo), Some(hi)) => self.both.insert(Interval { lo, hi, slot }),
+            (None, None) => debug_assert!(false, "a range needs a bound"),
+        }
+    }
+
+    pub(crate) fn remove(
+        &mut self,
+        lo: Option<(K, bool)>,
+        hi: Option<(K, bool)>,
+        slot: Slot,
+    ) -> bool {
+        match (lo, hi) {
+            (Some((k, _)), None) => self.half.remove(true, &k, slot),
+            (None, Some((k, _))) => self.half.remove(false, &k, slot),
+            (Some(lo), Some(hi)) => self.both.remove(&Interval { lo, hi, slot }),
+            (None, None) => false,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.half.is_empty() && self.both.is_empty()
+    }
+
+    /// Calls `f` for every range that `v` satisfies.
+    pub(crate) fn query<Q>(&self, v: &Q, mut f: impl FnMut(Slot))
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.half.query(v, &mut f);
         self.both.query(v, f);
+    }
+}
+
+/// All numeric range keys of one attribute.
+#[derive(Debug, Default)]
+pub(crate) struct NumRangeIndex {
+    half: HalfRanges<NumKey>,
+    both: NumIntervals,
+}
+
+impl NumRangeIndex {
+    pub(crate) fn insert(
+        &mut self,
+        lo: Option<(NumKey, bool)>,
+        hi: Option<(NumKey, bool)>,
+        slot: Slot,
+    ) {
+        match (lo, hi) {
+            (Some(b), None) => self.half.insert(true, b, slot),
+            (None, Some(b)) => self.half.insert(false, b, slot),
+            (Some(lo), Some(hi)) => self.both.insert(Interval { lo, hi, slot }),
+            (None, None) => debug_assert!(false, "a range needs a bound"),
+        }
+    }
+
+    pub(crate) fn remove(
+        &mut self,
+        lo: Option<(NumKey, bool)>,
+        hi: Option<(NumKey, bool)>,
+        slot: Slot,
+    ) -> bool {
+        match (lo, hi) {
+            (Some((k, _)), None) => self.half.remove(true, &k, slot),
+            (None, Some((k, _))) => self.half.remove(false, &k, slot),
+            (Some(lo), Some(hi)) => self.both.remove(&Interval { lo, hi, slot }),
+            (None, None) => false,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.half.is_empty() && self.both.is_empty()
+    }
+
+    /// Calls `f` for every range that `v` satisfies.
+    pub(crate) fn query(&self, v: NumKey, mut f: impl FnMut(Slot)) {
+        self.half.query(&v, &mut f);
+        self.both.query(v, f);
+    }
+}
+
+/// Numeric intervals grouped by width class: class `c` holds widths in `[2^c, 2^(c+1))`,
+/// ordered by lower bound. An interval of width `w` contains `v` only if its lower bound is in
+/// `[v - w, v]`, so a query scans, per class, the lower bounds in `[v - 2^(c+1), v]`: at most
+/// about twice the intervals that contain `v` when lower bounds are spread, and one ordered
+/// seek per class. Widths are computed in f64 and the scanned range is widened by a margin that
+/// covers the rounding, so no interval is missed; the final check is exact.
+#[derive(Debug, Default)]
+pub(crate) struct NumIntervals {
+    /// Class → (lower bound, slot) → (lower inclusive, upper bound) of each interval (one
+    /// subscription may have several intervals with the same lower bound, under `||`).
+    classes: BTreeMap<i32, BTreeMap<(NumKey, Slot), SmallVec<[(bool, (NumKey, bool)); 1]>>>,
+    /// Intervals whose width does not fit in f64 (or is not a number): checked one by one.
+    wide: Vec<Interval<NumKey>>,
+}
+
+/// Class of zero-width intervals (`lo == hi`, or empty ones).
+const POINT_CLASS: i32 = i32::MIN;
+
+fn to_f64(k: NumKey) -> f64 {
+    match k {
+        NumKey::Int(i) => i as f64,
+        NumKey::Float(f) => f,
+    }
+}
+
+fn width_class(iv: &Interval<NumKey>) -> Option<i32> {
+    let w = to_f64(iv.hi.0) - to_f64(iv.lo.0);
+    if !w.is_finite() {
+        return None;
+    }
+    if w <= 0.0 {
+        return Some(POINT_CLASS);
+    }
+    Some(w.log2().floor() as i32)
+}
+
+impl NumIntervals {
+    fn insert(&mut self, iv: Interval<NumKey>) {
+        match width_class(&iv) {
+            Some(c) => {
+                let class = self.classes.entry(c).or_default();
+                class
+                    .entry((iv.lo.0, iv.slot))
+                    .or_default()
+                    .push((iv.lo.1, iv.hi));
+            }
+            None => self.wide.push(iv),
+        }
+    }
+
+    fn remove(&mut self, iv: &Interval<NumKey>) -> bool {
+        match width_class(iv) {
+            Some(c) => {
+                let Some(class) = self.classes.get_mut(&c) else {
+                    return false;
+                };
+                let key = (iv.lo.0, iv.slot);
+                let Some(list) = class.get_mut(&key) else {
+                    return false;
+                };
+                let Some(i) = list
+                    .iter()
+                    .position(|&(incl, hi)| incl == iv.lo.1 && hi == iv.hi)
+                else {
+                    return false;
+                };
+                list.swap_remove(i);
+                if list.is_empty() {
+                    class.remove(&key);
+                    if class.is_empty() {
+                        self.classes.remove(&c);
+                    }
+                }
+                true
+            }
+            None => match self
+                .wide
+                .iter()
+                .position(|w| w.slot == iv.slot && w.lo.0 == iv.lo.0)
+            {
+                Some(i) => {
+                    self.wide.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.classes.is_empty() && self.wide.is_empty()
+    }
+
+    fn query(&self, v: NumKey, mut f: impl FnMut(Slot)) {
+        let vf = to_f64(v);
+        for (&c, class) in &self.classes {
+            let wmax = if c == POINT_CLASS {
+                0.0
+            } else {
+                (f64::from(c) + 1.0).exp2()
+            };
+            // Margin for the rounding of v, of the bounds and of the width to f64.
+            let margin = (vf.abs() + wmax) * 1e-9 + f64::MIN_POSITIVE;
+            let from = vf - wmax - margin;
+            let start = match NumKey::from_float(from) {
+                Some(k) if from.is_finite() => Included((k, 0)),
+                _ => Unbounded,
+            };
+            for (&(lo, slot), list) in class.range((start, Included((v, Slot::MAX)))) {
+                for &(lo_incl, hi) in list {
+                    if (Interval {
+                        lo: (lo, lo_incl),
+                        hi,
+                        slot,
+                    })
+                    .contains(&v)
+                    {
+                        f(slot);
+                    }
+                }
+            }
+        }
+        for iv in &self.wide {
+            if iv.contains(&v) {
+                f(iv.slot);
+            }
+        }
     }
 }
 
@@ -328,6 +553,77 @@ mod tests {
                     live.iter().filter(|(_, s)| satisfies(s, v)).map(|(slot, _)| *slot).collect();
                 want.sort();
                 prop_assert_eq!(query(&r, v), want, "v = {}", v);
+            }
+        }
+    }
+
+    fn arb_num() -> impl Strategy<Value = NumKey> {
+        prop_oneof![
+            (-20i64..20).prop_map(NumKey::Int),
+            (-40i32..40).prop_map(|h| NumKey::from_float(f64::from(h) / 2.0).unwrap()),
+            prop_oneof![
+                Just(1e-300),
+                Just(-1e300),
+                Just(1e300),
+                Just(0.1),
+                Just(1e18 + 0.5)
+            ]
+            .prop_map(|f| NumKey::from_float(f).unwrap()),
+            prop_oneof![
+                Just(i64::MAX),
+                Just(i64::MIN),
+                Just((1 << 53) + 1),
+                Just(1 << 53),
+                Just(1_000_000_000_000_000_000),
+                Just(1_000_000_000_000_001_000)
+            ]
+            .prop_map(NumKey::Int),
+        ]
+    }
+
+    fn num_satisfies(lo: Option<(NumKey, bool)>, hi: Option<(NumKey, bool)>, v: NumKey) -> bool {
+        lo.is_none_or(|(k, incl)| k < v || (incl && k == v))
+            && hi.is_none_or(|(k, incl)| k > v || (incl && k == v))
+    }
+
+    type NumSpec = (Option<(NumKey, bool)>, Option<(NumKey, bool)>);
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Numeric ranges, including huge, tiny and rounding-prone bounds: equal to a scan.
+        #[test]
+        fn numeric_ranges_equal_a_scan(
+            specs in prop::collection::vec(
+                prop_oneof![
+                    (arb_num(), any::<bool>()).prop_map(|b| (Some(b), None)),
+                    (arb_num(), any::<bool>()).prop_map(|b| (None, Some(b))),
+                    ((arb_num(), any::<bool>()), (arb_num(), any::<bool>())).prop_map(|(a, b)| (Some(a), Some(b))),
+                ],
+                1..200,
+            ),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..100),
+            values in prop::collection::vec(arb_num(), 1..40),
+        ) {
+            let mut r = NumRangeIndex::default();
+            let mut live: Vec<(Slot, NumSpec)> = vec![];
+            for (i, s) in specs.iter().enumerate() {
+                r.insert(s.0, s.1, i as Slot);
+                live.push((i as Slot, *s));
+            }
+            for idx in removals {
+                if live.is_empty() { break; }
+                let (slot, spec) = live.swap_remove(idx.index(live.len()));
+                prop_assert!(r.remove(spec.0, spec.1, slot));
+            }
+            for v in values {
+                let mut got = vec![];
+                r.query(v, |s| got.push(s));
+                got.sort();
+                let mut want: Vec<Slot> =
+                    live.iter().filter(|(_, s)| num_satisfies(s.0, s.1, v)).map(|(slot, _)| *slot).collect();
+                want.sort();
+                prop_assert_eq!(got, want, "v = {:?}", v);
             }
         }
     }
