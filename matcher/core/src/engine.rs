@@ -1,6 +1,8 @@
 //! The matching engine: subscriptions in, matches out, expiry by deadline. A pure state
 //! machine: no clock, no I/O, no randomness beyond the configured hash seed.
 
+use std::hash::{BuildHasher, BuildHasherDefault};
+
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 use sift_protocol::event::check_attr_name;
@@ -9,13 +11,53 @@ use sift_protocol::{Attributes, DeliveryMode, Filter, SubscriptionId, Topic};
 
 use crate::attrs::{AttrNames, EventView, ATTR_NAMES_MAX};
 use crate::groups::{GroupId, Groups, NO_GROUP};
-use crate::index::{Bucket, Index, Slot};
+use crate::index::{Bucket, IdentityHasher, Index, Slot};
 use crate::plan::{choose, plan, BucketStats};
 use crate::prog::{attr_names, Prog};
 use crate::regex_pool::RegexPool;
 use crate::trie::{BucketId, Trie};
 use crate::types::*;
 use crate::wheel::Wheel;
+
+/// The hash exact topics are looked up by. (Unit tests can make every topic collide.)
+fn topic_hash(state: &FixedState, text: &str) -> u64 {
+    #[cfg(test)]
+    if tests::COLLIDE.with(|c| c.get()) {
+        return 42;
+    }
+    state.hash_one(text.as_bytes())
+}
+
+/// Forgets the exact-topic bucket `id` (its text is still in `buckets`); a topic that had
+/// collided with it takes its place in the main map.
+fn remove_topic(
+    topics: &mut HashMap<u64, BucketId, BuildHasherDefault<IdentityHasher>>,
+    collisions: &mut HashMap<Box<str>, BucketId>,
+    buckets: &[Option<Bucket>],
+    state: &FixedState,
+    id: BucketId,
+) {
+    let Some(bucket) = &buckets[id as usize] else {
+        return;
+    };
+    let text = bucket.key.as_str();
+    if collisions.remove(text).is_some() {
+        return;
+    }
+    let h = topic_hash(state, text);
+    if topics.get(&h) == Some(&id) {
+        topics.remove(&h);
+        let heir = collisions
+            .keys()
+            .find(|k| topic_hash(state, k) == h)
+            .cloned();
+        if let Some(k) = heir {
+            if let Some(b) = collisions.remove(&k) {
+                topics.insert(h, b);
+            }
+        }
+    }
+}
 
 /// (Re)builds a bucket's index: gathers statistics from all its filters, chooses every
 /// filter's access keys with them, and indexes everything anew. O(n); callers make it
@@ -136,7 +178,11 @@ pub struct Engine {
     meta: Vec<Meta>,
     free: Vec<Slot>,
     by_id: HashMap<SubscriptionId, Slot>,
-    topics: HashMap<Box<str>, BucketId>,
+    /// Exact topics by the hash of their text (the bucket holds the text to check against).
+    topics: HashMap<u64, BucketId, BuildHasherDefault<IdentityHasher>>,
+    /// Topics whose hash another topic already has (practically never: the hash is 64-bit
+    /// and seeded).
+    topic_collisions: HashMap<Box<str>, BucketId>,
     buckets: Vec<Option<Bucket>>,
     free_buckets: Vec<BucketId>,
     trie: Trie,
@@ -172,7 +218,8 @@ impl Engine {
             meta: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
-            topics: HashMap::new(),
+            topics: HashMap::default(),
+            topic_collisions: HashMap::new(),
             buckets: Vec::new(),
             free_buckets: Vec::new(),
             trie: Trie::default(),
@@ -207,7 +254,7 @@ impl Engine {
         let (rec, meta) = (&self.records[slot], &self.meta[slot]);
         let bucket = self.bucket(meta.bucket);
         Some(SubscriptionInfo {
-            pattern: &bucket.key,
+            pattern: bucket.key.as_str(),
             deadline: Timestamp(rec.deadline),
             renewable: meta.lease_ms != 0,
             mode: rec.mode(),
@@ -233,6 +280,32 @@ impl Engine {
         }
         // In range of u32 by the check above.
         Ok((ms, if renewable { ms as u32 } else { 0 }))
+    }
+
+    /// The bucket of exact topic `text`, if it has subscriptions.
+    fn find_topic(&self, text: &str) -> Option<BucketId> {
+        let h = topic_hash(&self.state, text);
+        if let Some(&b) = self.topics.get(&h) {
+            if self.bucket(b).key.as_bytes() == text.as_bytes() {
+                return Some(b);
+            }
+        }
+        if self.topic_collisions.is_empty() {
+            return None;
+        }
+        self.topic_collisions.get(text).copied()
+    }
+
+    fn insert_topic(&mut self, text: &str, id: BucketId) {
+        let h = topic_hash(&self.state, text);
+        match self.topics.entry(h) {
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            hashbrown::hash_map::Entry::Occupied(_) => {
+                self.topic_collisions.insert(text.into(), id);
+            }
+        }
     }
 
     /// Checks that the filter's new attribute names fit in the name table.
@@ -326,7 +399,7 @@ impl Engine {
     fn bucket_for(&mut self, sub: &NewSubscription) -> BucketId {
         let text = sub.pattern.as_str();
         let existing = if sub.pattern.is_literal() {
-            self.topics.get(text).copied()
+            self.find_topic(text)
         } else {
             self.trie.get(&sub.pattern)
         };
@@ -345,7 +418,7 @@ impl Engine {
             }
         };
         if sub.pattern.is_literal() {
-            self.topics.insert(text.into(), id);
+            self.insert_topic(text, id);
         } else {
             self.trie.insert(&sub.pattern, id);
         }
@@ -397,6 +470,7 @@ impl Engine {
             pool,
             indexed,
             topics,
+            topic_collisions,
             trie,
             free_buckets,
             config,
@@ -432,11 +506,14 @@ impl Engine {
             }
             _ => {}
         }
-        if bucket.slots.is_empty() {
-            if bucket.pattern {
-                trie.remove(&bucket.key);
+        let (empty, pattern) = (bucket.slots.is_empty(), bucket.pattern);
+        if empty {
+            if pattern {
+                if let Some(b) = &buckets[bucket_id as usize] {
+                    trie.remove(b.key.as_str());
+                }
             } else {
-                topics.remove(&bucket.key);
+                remove_topic(topics, topic_collisions, buckets, state, bucket_id);
             }
             buckets[bucket_id as usize] = None;
             free_buckets.push(bucket_id);
@@ -567,7 +644,7 @@ impl Engine {
         self.next_epoch();
         self.counters.events += 1;
         self.scratch_buckets.clear();
-        if let Some(&b) = self.topics.get(topic.as_str()) {
+        if let Some(b) = self.find_topic(topic.as_str()) {
             self.scratch_buckets.push(b);
         }
         self.trie.matches(topic, &mut self.scratch_buckets);
@@ -677,7 +754,7 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         Stats {
             subscriptions: self.by_id.len(),
-            topics: self.topics.len(),
+            topics: self.topics.len() + self.topic_collisions.len(),
             patterns: self.trie.len(),
             indexed_buckets: self.indexed,
             groups: self.groups.len(),
@@ -702,6 +779,56 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use sift_protocol::{Pattern, Topic};
+
+    fn sub(id: u64, topic: &str) -> NewSubscription {
+        NewSubscription::new(SubscriptionId(id), Pattern::parse(topic).unwrap())
+    }
+
+    fn matches(e: &mut Engine, topic: &str) -> Vec<u64> {
+        let mut out = vec![];
+        e.match_event(
+            Timestamp(0),
+            &Topic::parse(topic).unwrap(),
+            &Attributes::new(),
+            &mut out,
+        );
+        out.iter().map(|m| m.id.0).collect()
+    }
+
+    thread_local! {
+        pub(super) static COLLIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Topics with the same 64-bit hash (here: all of them) still get their own buckets, and
+    /// removing the one in the main map hands its place to a collided one.
+    #[test]
+    fn topic_hash_collisions_are_handled() {
+        COLLIDE.with(|c| c.set(true));
+        let mut e = Engine::new(EngineConfig::for_test());
+        for (id, t) in [(1, "a"), (2, "b"), (3, "c")] {
+            e.subscribe(Timestamp(0), sub(id, t)).unwrap();
+        }
+        assert_eq!((e.topics.len(), e.topic_collisions.len()), (1, 2));
+        assert_eq!(matches(&mut e, "a"), vec![1]);
+        assert_eq!(matches(&mut e, "b"), vec![2]);
+        assert_eq!(matches(&mut e, "c"), vec![3]);
+        assert_eq!(matches(&mut e, "d"), Vec::<u64>::new());
+        e.unsubscribe(SubscriptionId(1)).unwrap();
+        assert_eq!(
+            (e.topics.len(), e.topic_collisions.len()),
+            (1, 1),
+            "an heir moved up"
+        );
+        assert_eq!(matches(&mut e, "a"), Vec::<u64>::new());
+        assert_eq!(matches(&mut e, "b"), vec![2]);
+        assert_eq!(matches(&mut e, "c"), vec![3]);
+        e.unsubscribe(SubscriptionId(3)).unwrap();
+        e.unsubscribe(SubscriptionId(2)).unwrap();
+        assert!(e.topics.is_empty() && e.topic_collisions.is_empty());
+        COLLIDE.with(|c| c.set(false));
+    }
 
     #[test]
     fn a_record_is_one_cache_line() {

@@ -1,8 +1,9 @@
 //! `prefix(a, s)` and `suffix(a, s)`: postings keyed by the hash of `s`, plus the distinct
 //! lengths in use, so a query hashes one slice of the value per distinct length.
 
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+
+use smallvec::SmallVec;
 
 use super::postings::{Postings, Slot};
 use crate::keys::bytes_hash;
@@ -10,8 +11,8 @@ use crate::keys::bytes_hash;
 #[derive(Debug, Default)]
 pub(crate) struct AffixIndex {
     postings: Postings,
-    /// Distinct affix length → how many entries have it.
-    lengths: BTreeMap<usize, u32>,
+    /// Distinct affix lengths, ascending, with how many entries have each.
+    lengths: SmallVec<[(usize, u32); 4]>,
 }
 
 /// Which end of the value an [`AffixIndex`] looks at.
@@ -24,17 +25,20 @@ pub(crate) enum End {
 impl AffixIndex {
     pub(crate) fn insert<S: BuildHasher>(&mut self, state: &S, affix: &[u8], slot: Slot) {
         self.postings.insert(bytes_hash(state, affix), slot);
-        *self.lengths.entry(affix.len()).or_default() += 1;
+        match self.lengths.binary_search_by_key(&affix.len(), |(l, _)| *l) {
+            Ok(i) => self.lengths[i].1 += 1,
+            Err(i) => self.lengths.insert(i, (affix.len(), 1)),
+        }
     }
 
     pub(crate) fn remove<S: BuildHasher>(&mut self, state: &S, affix: &[u8], slot: Slot) -> bool {
         if !self.postings.remove(bytes_hash(state, affix), slot) {
             return false;
         }
-        if let Some(n) = self.lengths.get_mut(&affix.len()) {
-            *n -= 1;
-            if *n == 0 {
-                self.lengths.remove(&affix.len());
+        if let Ok(i) = self.lengths.binary_search_by_key(&affix.len(), |(l, _)| *l) {
+            self.lengths[i].1 -= 1;
+            if self.lengths[i].1 == 0 {
+                self.lengths.remove(i);
             }
         }
         true
@@ -53,7 +57,7 @@ impl AffixIndex {
         v: &[u8],
         mut f: impl FnMut(Slot),
     ) {
-        for &len in self.lengths.keys() {
+        for &(len, _) in &self.lengths {
             if len > v.len() {
                 break;
             }

@@ -18,15 +18,51 @@ use crate::plan::{Access, BucketStats, Plan};
 use crate::regex_pool::RegexPool;
 use affix::{AffixIndex, End};
 use postings::Postings;
-pub(crate) use postings::{Slot, SlotList};
+pub(crate) use postings::{IdentityHasher, Slot, SlotList};
 use range::{NumRangeIndex, RangeIndex};
 use regex::RegexIndex;
+
+/// A topic or pattern, inline when short, so that checking a lookup against it costs no
+/// extra memory access.
+#[derive(Debug)]
+pub(crate) enum BucketKey {
+    Inline { len: u8, bytes: [u8; 38] },
+    Heap(Box<str>),
+}
+
+impl BucketKey {
+    fn new(s: &str) -> BucketKey {
+        let mut bytes = [0; 38];
+        match bytes.get_mut(..s.len()) {
+            Some(b) => {
+                b.copy_from_slice(s.as_bytes());
+                BucketKey::Inline {
+                    len: s.len() as u8,
+                    bytes,
+                }
+            }
+            None => BucketKey::Heap(s.into()),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            BucketKey::Inline { len, bytes } => &bytes[..*len as usize],
+            BucketKey::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Built from a `&str`, so always UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+}
 
 /// The subscriptions of one exact topic or one pattern.
 #[derive(Debug)]
 pub(crate) struct Bucket {
     /// The topic or pattern text.
-    pub(crate) key: Box<str>,
+    pub(crate) key: BucketKey,
     /// True when `key` is a pattern (lives in the trie).
     pub(crate) pattern: bool,
     /// Every subscription of the bucket; each record knows its position here.
@@ -38,7 +74,7 @@ pub(crate) struct Bucket {
 impl Bucket {
     pub(crate) fn new(key: &str, pattern: bool) -> Bucket {
         Bucket {
-            key: key.into(),
+            key: BucketKey::new(key),
             pattern,
             slots: Vec::new(),
             index: None,
@@ -74,8 +110,8 @@ struct AttrIndex {
     exists: SlotList,
     num: Option<Box<NumRangeIndex>>,
     str: Option<Box<RangeIndex<Box<[u8]>>>>,
-    prefix: Option<Box<AffixIndex>>,
-    suffix: Option<Box<AffixIndex>>,
+    prefix: AffixIndex,
+    suffix: AffixIndex,
     regex: Option<Box<RegexIndex>>,
 }
 
@@ -89,8 +125,8 @@ impl AttrIndex {
         self.exists.is_empty()
             && self.num.as_ref().is_none_or(|r| r.is_empty())
             && self.str.as_ref().is_none_or(|r| r.is_empty())
-            && self.prefix.as_ref().is_none_or(|r| r.is_empty())
-            && self.suffix.as_ref().is_none_or(|r| r.is_empty())
+            && self.prefix.is_empty()
+            && self.suffix.is_empty()
             && self.regex.as_ref().is_none_or(|r| r.is_empty())
     }
 
@@ -107,12 +143,8 @@ impl AttrIndex {
                 if let Some(r) = &self.str {
                     r.query::<[u8]>(s.as_bytes(), &mut *f);
                 }
-                if let Some(a) = &self.prefix {
-                    a.query(state, End::Prefix, s.as_bytes(), &mut *f);
-                }
-                if let Some(a) = &self.suffix {
-                    a.query(state, End::Suffix, s.as_bytes(), &mut *f);
-                }
+                self.prefix.query(state, End::Prefix, s.as_bytes(), &mut *f);
+                self.suffix.query(state, End::Suffix, s.as_bytes(), &mut *f);
                 if let Some(r) = &mut self.regex {
                     r.tune(pool);
                     r.query(s, pool, &mut *f);
@@ -201,12 +233,8 @@ impl Index {
                         .get_or_insert_default()
                         .insert(owned(*lo), owned(*hi), slot)
                 }
-                Access::Prefix { bytes, .. } => {
-                    ai.prefix.get_or_insert_default().insert(state, bytes, slot)
-                }
-                Access::Suffix { bytes, .. } => {
-                    ai.suffix.get_or_insert_default().insert(state, bytes, slot)
-                }
+                Access::Prefix { bytes, .. } => ai.prefix.insert(state, bytes, slot),
+                Access::Suffix { bytes, .. } => ai.suffix.insert(state, bytes, slot),
                 Access::Regex { id, .. } => {
                     ai.regex.get_or_insert_default().insert(*id, slot, pool)
                 }
@@ -256,14 +284,8 @@ impl Index {
                     .str
                     .as_mut()
                     .is_some_and(|r| r.remove(owned(*lo), owned(*hi), slot)),
-                Access::Prefix { bytes, .. } => ai
-                    .prefix
-                    .as_mut()
-                    .is_some_and(|a| a.remove(state, bytes, slot)),
-                Access::Suffix { bytes, .. } => ai
-                    .suffix
-                    .as_mut()
-                    .is_some_and(|a| a.remove(state, bytes, slot)),
+                Access::Prefix { bytes, .. } => ai.prefix.remove(state, bytes, slot),
+                Access::Suffix { bytes, .. } => ai.suffix.remove(state, bytes, slot),
                 Access::Regex { id, .. } => {
                     ai.regex.as_mut().is_some_and(|r| r.remove(*id, slot, pool))
                 }

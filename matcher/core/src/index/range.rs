@@ -205,10 +205,13 @@ impl NumRangeIndex {
 pub(crate) struct NumIntervals {
     /// Class → (lower bound, slot) → (lower inclusive, upper bound) of each interval (one
     /// subscription may have several intervals with the same lower bound, under `||`).
-    classes: BTreeMap<i32, BTreeMap<(NumKey, Slot), SmallVec<[(bool, (NumKey, bool)); 1]>>>,
+    classes: BTreeMap<i32, WidthClass>,
     /// Intervals whose width does not fit in f64 (or is not a number): checked one by one.
     wide: Vec<Interval<NumKey>>,
 }
+
+/// The intervals of one width class: (lower bound, slot) → (lower inclusive, upper bound).
+type WidthClass = BTreeMap<(NumKey, Slot), SmallVec<[(bool, (NumKey, bool)); 1]>>;
 
 /// Class of zero-width intervals (`lo == hi`, or empty ones).
 const POINT_CLASS: i32 = i32::MIN;
