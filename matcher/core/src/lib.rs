@@ -3,13 +3,14 @@
 //! [`Engine`] holds subscriptions (topic or pattern, filter, expiry, group, delivery mode)
 //! and answers, for each event, which of them match. It is an index, not a scan:
 //!
-//! - exact topics are found by hash, patterns by one walk of a token trie ([`trie`]-style,
-//!   like a NATS sublist);
-//! - inside a topic, each filter is compiled to a compact program and planned
-//!   ([`plan`]-style): an event only evaluates filters whose access keys it hits — equality
-//!   and `in` through hash postings, ranges through ordered maps and an interval-stabbing
-//!   structure, prefixes and suffixes through hashed affixes, all regexes of one attribute in
-//!   one `RegexSet` pass; filters with no usable key are evaluated for every event;
+//! - exact topics are found by hash, patterns by one walk of a token trie (like a NATS
+//!   sublist);
+//! - inside a topic, each filter is compiled to a compact program and planned: an event only
+//!   evaluates filters whose access keys it hits — equality and `in` through hash postings,
+//!   ranges through ordered maps and width-classed intervals, prefixes and suffixes (and
+//!   anchored regexes, by their literal) through hashed affixes, the other regexes of one
+//!   attribute in one `RegexSet` pass; filters with no usable key are evaluated for every
+//!   event;
 //! - expiry is a hierarchical timing wheel (O(1) per expiry); groups pick one member per
 //!   event (round robin, or rendezvous hashing on a key attribute).
 //!
