@@ -780,7 +780,7 @@ impl Engine {
 mod tests {
     use super::*;
 
-    use sift_protocol::{Pattern, Topic};
+    use sift_protocol::{Pattern, Topic, Value};
 
     fn sub(id: u64, topic: &str) -> NewSubscription {
         NewSubscription::new(SubscriptionId(id), Pattern::parse(topic).unwrap())
@@ -828,6 +828,139 @@ mod tests {
         e.unsubscribe(SubscriptionId(2)).unwrap();
         assert!(e.topics.is_empty() && e.topic_collisions.is_empty());
         COLLIDE.with(|c| c.set(false));
+    }
+
+    fn grouped(id: u64, topic: &str, group: &str, key: Option<&str>) -> NewSubscription {
+        sub(id, topic).group(group, key)
+    }
+
+    fn attrs(pairs: &[(&str, Value)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// One member per group per event, members in turn: four members (three on the topic,
+    /// one on a pattern) share 3,000 events exactly evenly, alongside a plain subscriber that
+    /// gets every event.
+    #[test]
+    fn groups_spread_evenly() {
+        let mut e = Engine::new(EngineConfig::for_test());
+        for id in 1..=3 {
+            e.subscribe(Timestamp(0), grouped(id, "jobs", "workers", None)).unwrap();
+        }
+        e.subscribe(Timestamp(0), grouped(4, "*", "workers", None)).unwrap();
+        e.subscribe(Timestamp(0), sub(9, "jobs")).unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..3000 {
+            for id in matches(&mut e, "jobs") {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        let want = [(1, 750), (2, 750), (3, 750), (4, 750), (9, 3000)];
+        assert_eq!(counts, want.into_iter().collect());
+    }
+
+    /// With a key attribute, the same key always goes to the same member while membership is
+    /// stable; keys spread over members; a leaving member only moves its own keys.
+    #[test]
+    fn group_key_affinity() {
+        let mut e = Engine::new(EngineConfig::for_test());
+        for id in 1..=4 {
+            e.subscribe(Timestamp(0), grouped(id, "orders", "g", Some("customer")))
+                .unwrap();
+        }
+        let topic = Topic::parse("orders").unwrap();
+        let mut owner = std::collections::BTreeMap::new();
+        let mut per_member = std::collections::BTreeMap::new();
+        for round in 0..3 {
+            for c in 0..400 {
+                let a = attrs(&[("customer", Value::Str(format!("c{c}")))]);
+                let mut out = vec![];
+                e.match_event(Timestamp(0), &topic, &a, &mut out);
+                assert_eq!(out.len(), 1);
+                let chosen = out[0].id.0;
+                assert_eq!(
+                    *owner.entry(c).or_insert(chosen),
+                    chosen,
+                    "customer c{c} moved"
+                );
+                if round == 0 {
+                    *per_member.entry(chosen).or_insert(0) += 1;
+                }
+            }
+        }
+        for (&m, &n) in &per_member {
+            assert!((60..=140).contains(&n), "member {m} got {n} of 400 keys");
+        }
+        e.unsubscribe(SubscriptionId(2)).unwrap();
+        for c in 0..400 {
+            let a = attrs(&[("customer", Value::Str(format!("c{c}")))]);
+            let mut out = vec![];
+            e.match_event(Timestamp(0), &topic, &a, &mut out);
+            if owner[&c] != 2 {
+                assert_eq!(out[0].id.0, owner[&c], "only the leaver's keys move");
+            }
+        }
+        // A member asking for another key attribute is refused; nothing changes.
+        let err = e
+            .subscribe(Timestamp(0), grouped(7, "orders", "g", Some("region")))
+            .unwrap_err();
+        assert!(matches!(err, SubscribeError::GroupConflict { .. }), "{err}");
+        assert!(e.get(SubscriptionId(7)).is_none());
+    }
+
+    #[test]
+    fn expiry_renewal_and_hard_deadlines() {
+        let mut e = Engine::new(EngineConfig::for_test());
+        e.subscribe(Timestamp(0), sub(1, "t").expiry(ExpirySpec::LeaseMs(100)))
+            .unwrap();
+        e.subscribe(
+            Timestamp(0),
+            sub(2, "t").expiry(ExpirySpec::DeadlineMs(100)),
+        )
+        .unwrap();
+        assert_eq!(
+            e.renew(Timestamp(50), SubscriptionId(1)),
+            Ok(Timestamp(150))
+        );
+        assert_eq!(
+            e.renew(Timestamp(50), SubscriptionId(2)),
+            Err(RenewError::NotRenewable(SubscriptionId(2)))
+        );
+        // At 100 the hard deadline has passed: no match even before `expire` runs.
+        assert_eq!(matches_at(&mut e, 100, "t"), vec![1]);
+        let mut out = vec![];
+        e.expire(Timestamp(100), &mut out);
+        assert_eq!(out, vec![SubscriptionId(2)]);
+        e.expire(Timestamp(149), &mut out);
+        assert_eq!(out.len(), 1);
+        e.expire(Timestamp(150), &mut out);
+        assert_eq!(out, vec![SubscriptionId(2), SubscriptionId(1)]);
+        assert!(e.is_empty());
+        assert_eq!(
+            e.renew(Timestamp(151), SubscriptionId(1)),
+            Err(RenewError::Unknown(SubscriptionId(1)))
+        );
+        let bad = e.subscribe(Timestamp(0), sub(3, "t").expiry(ExpirySpec::LeaseMs(0)));
+        assert!(matches!(bad, Err(SubscribeError::InvalidExpiry { .. })));
+        let bad = e.subscribe(
+            Timestamp(0),
+            sub(3, "t").expiry(ExpirySpec::LeaseMs(24 * 3600 * 1000 + 1)),
+        );
+        assert!(matches!(bad, Err(SubscribeError::InvalidExpiry { .. })));
+    }
+
+    fn matches_at(e: &mut Engine, now: u64, topic: &str) -> Vec<u64> {
+        let mut out = vec![];
+        e.match_event(
+            Timestamp(now),
+            &Topic::parse(topic).unwrap(),
+            &Attributes::new(),
+            &mut out,
+        );
+        out.iter().map(|m| m.id.0).collect()
     }
 
     #[test]
