@@ -42,6 +42,11 @@ fn match_and_no_match() {
     assert_eq!(code, 1);
     let (code, _, _) = sift(&["filter", "test", "", "--attrs", attrs]);
     assert_eq!(code, 0, "the empty filter matches everything");
+    // JSON integers are 64-bit integers, other numbers floats, as in the filter language.
+    let big = r#"{"a": -9223372036854775808, "b": 2.0, "c": 1e2}"#;
+    let filter = "a == -9223372036854775808 && b == 2 && c == 100";
+    let (code, _, _) = sift(&["filter", "test", filter, "--attrs", big]);
+    assert_eq!(code, 0);
 }
 
 #[test]
@@ -76,13 +81,18 @@ fn bad_filter_shows_a_caret() {
 
 #[test]
 fn bad_attrs_are_refused() {
+    let long = format!(r#"{{"a": "{}"}}"#, "x".repeat(4097));
     for attrs in [
         r#"[1]"#,
         r#"{"a": null}"#,
         r#"{"a": [1]}"#,
         r#"{"bad name": 1}"#,
         "{",
-        r#"{"a": 18446744073709551615}"#,
+        r#"{"a": 9223372036854775808}"#,
+        r#"{"a": 18446744073709551616}"#,
+        r#"{"a": -9223372036854775809}"#,
+        r#"{"a": 1e999}"#,
+        &long,
     ] {
         let (code, _, err) = sift(&["filter", "test", "a == 1", "--attrs", attrs]);
         assert_eq!(code, 2, "{attrs}");

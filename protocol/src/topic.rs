@@ -1,7 +1,9 @@
 //! Topics and patterns, with exactly the NATS subject rules.
 //!
 //! A topic is tokens separated by `.`; a token is non-empty, has no `.` and no whitespace, and
-//! is not `*` or `>`. A pattern may also use `*` (exactly one token) and `>` (one or more
+//! is not `*` or `>`. Whitespace is what nats-server refuses in subjects — space, `\t`, `\n`,
+//! `\r` and form feed — so every topic Sift accepts, NATS accepts too; Sift also refuses NUL,
+//! as nats-server does for client connections. A pattern may also use `*` (exactly one token) and `>` (one or more
 //! tokens, last only). Both are at most [`TOPIC_BYTES_MAX`] bytes.
 
 use std::fmt;
@@ -28,8 +30,8 @@ pub enum TopicError {
         /// Zero-based index of the empty token.
         index: usize,
     },
-    /// A token contains whitespace.
-    #[error("token {index} ({token:?}) contains whitespace")]
+    /// A token contains whitespace (space, tab, newline, carriage return, form feed) or NUL.
+    #[error("token {index} ({token:?}) contains whitespace or NUL")]
     Whitespace {
         /// Zero-based index of the token.
         index: usize,
@@ -93,7 +95,10 @@ fn check_token(index: usize, token: &str) -> Result<Option<PatternToken<'_>>, To
     if token.is_empty() {
         return Err(TopicError::EmptyToken { index });
     }
-    if token.chars().any(char::is_whitespace) {
+    if token
+        .bytes()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0))
+    {
         return Err(TopicError::Whitespace {
             index,
             token: token.to_owned(),
@@ -267,6 +272,14 @@ mod tests {
             Err(TopicError::EmptyToken { index: 1 })
         );
         assert_eq!(Topic::parse("a."), Err(TopicError::EmptyToken { index: 1 }));
+        // NATS's whitespace, and NUL; other Unicode spaces are ordinary characters, as in NATS.
+        for bad in ["a\tb", "a\nb", "a\rb", "a\x0cb", "a\0b"] {
+            assert!(
+                matches!(Topic::parse(bad), Err(TopicError::Whitespace { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(Topic::parse("a\u{a0}b.c\u{b}d").is_ok());
         assert_eq!(
             Topic::parse("a.b c"),
             Err(TopicError::Whitespace {

@@ -102,20 +102,16 @@ pub fn parse_attrs(json: &str) -> Result<Attributes, String> {
     for (name, v) in map {
         check_attr_name(&name, limits.attr_name_bytes_max).map_err(|e| format!("error: {e}"))?;
         let value = match v {
+            serde_json::Value::String(s) if s.len() > limits.attr_string_bytes_max => {
+                let max = limits.attr_string_bytes_max;
+                return Err(format!(
+                    "error: attribute {name:?}: the string is {} bytes; the limit is {max}",
+                    s.len()
+                ));
+            }
             serde_json::Value::String(s) => Value::Str(s),
             serde_json::Value::Bool(b) => Value::Bool(b),
-            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => Value::Int(i),
-                (None, Some(_)) if n.is_u64() => {
-                    return Err(format!(
-                        "error: attribute {name:?}: {n} does not fit in 64 signed bits"
-                    ))
-                }
-                (None, Some(f)) => Value::Float(f),
-                (None, None) => {
-                    return Err(format!("error: attribute {name:?}: {n} is not a number"))
-                }
-            },
+            serde_json::Value::Number(n) => number(&name, n.as_str())?,
             other => {
                 return Err(format!(
                     "error: attribute {name:?}: {other} is not a string, number or boolean"
@@ -125,4 +121,21 @@ pub fn parse_attrs(json: &str) -> Result<Attributes, String> {
         attrs.insert(name, value);
     }
     Ok(attrs)
+}
+
+/// A JSON number as the filter language reads literals: without a fraction or an exponent it is
+/// a 64-bit integer (refused if it does not fit), otherwise a finite 64-bit float.
+fn number(name: &str, text: &str) -> Result<Value, String> {
+    if text.contains(['.', 'e', 'E']) {
+        match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Value::Float(f)),
+            _ => Err(format!(
+                "error: attribute {name:?}: {text} is out of the 64-bit float range"
+            )),
+        }
+    } else {
+        text.parse::<i64>().map(Value::Int).map_err(|_| {
+            format!("error: attribute {name:?}: {text} does not fit in 64 signed bits")
+        })
+    }
 }

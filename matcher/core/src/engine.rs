@@ -507,6 +507,9 @@ impl Engine {
             _ => {}
         }
         let (empty, pattern) = (bucket.slots.is_empty(), bucket.pattern);
+        if empty && bucket.index.is_some() {
+            *indexed -= 1;
+        }
         if empty {
             if pattern {
                 if let Some(b) = &buckets[bucket_id as usize] {
@@ -848,9 +851,11 @@ mod tests {
     fn groups_spread_evenly() {
         let mut e = Engine::new(EngineConfig::for_test());
         for id in 1..=3 {
-            e.subscribe(Timestamp(0), grouped(id, "jobs", "workers", None)).unwrap();
+            e.subscribe(Timestamp(0), grouped(id, "jobs", "workers", None))
+                .unwrap();
         }
-        e.subscribe(Timestamp(0), grouped(4, "*", "workers", None)).unwrap();
+        e.subscribe(Timestamp(0), grouped(4, "*", "workers", None))
+            .unwrap();
         e.subscribe(Timestamp(0), sub(9, "jobs")).unwrap();
         let mut counts = std::collections::BTreeMap::new();
         for _ in 0..3000 {

@@ -100,11 +100,6 @@ impl<'a> KeyRef<'a> {
     }
 }
 
-/// Hash of raw bytes under `state` (prefix and suffix keys).
-pub(crate) fn bytes_hash<S: BuildHasher>(state: &S, b: &[u8]) -> u64 {
-    state.hash_one(b)
-}
-
 /// A seedless 64-bit mixer (splitmix64's finaliser) for choices that must agree across
 /// processes, like key affinity in groups.
 pub(crate) fn mix64(mut x: u64) -> u64 {

@@ -269,6 +269,12 @@ fn run(ops: &[Op], index_min_len: usize) -> Result<Vec<Vec<Match>>, TestCaseErro
             }
         }
         prop_assert_eq!(engine.len(), model.len());
+        let stats = engine.stats();
+        prop_assert!(
+            stats.indexed_buckets <= stats.topics + stats.patterns,
+            "{:?}",
+            stats
+        );
     }
     Ok(outputs)
 }

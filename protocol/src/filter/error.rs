@@ -106,7 +106,10 @@ impl FilterError {
     /// ```
     pub fn caret(&self, text: &str) -> String {
         // Show one line: the one holding the offset; count columns in characters.
-        let offset = self.offset.min(text.len());
+        let mut offset = self.offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
         let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
         let column = text[line_start..offset].chars().count();

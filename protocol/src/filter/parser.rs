@@ -16,11 +16,16 @@ use crate::value::Value;
 /// Parses `text`; `Ok(None)` for an empty (match-all) filter. Returns the predicate count too.
 pub(crate) fn parse(text: &str) -> Result<(Option<Expr>, usize), FilterError> {
     if text.len() > FILTER_BYTES_MAX {
+        // Point at the first character that does not fit.
+        let mut at = FILTER_BYTES_MAX;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
         let kind = FilterErrorKind::TooLong {
             len: text.len(),
             max: FILTER_BYTES_MAX,
         };
-        return Err(FilterError::new(FILTER_BYTES_MAX, kind));
+        return Err(FilterError::new(at, kind));
     }
     let tokens = tokenize(text)?;
     let mut p = Parser {
@@ -124,11 +129,20 @@ impl<'a> Parser<'a> {
         Ok(depth + 1)
     }
 
+    /// A negation, a parenthesised group or a predicate. Each `!`/`not` and each `(` is one
+    /// nesting level, except that `!(` … `)` counts once: that is how negations of groups
+    /// are written, and how [`Expr`]'s printing writes every negation.
     fn unary(&mut self, depth: usize) -> Result<Expr, FilterError> {
         let tok = self.peek();
         if matches!(tok, Tok::Bang) || keyword(tok, "not") {
             let depth = self.deeper(depth)?;
             self.bump();
+            if matches!(self.peek(), Tok::LParen) {
+                self.bump();
+                let inner = self.or(depth)?;
+                self.expect(&Tok::RParen, "')'")?;
+                return Ok(Expr::Not(Box::new(inner)));
+            }
             return Ok(Expr::Not(Box::new(self.unary(depth)?)));
         }
         if matches!(tok, Tok::LParen) {

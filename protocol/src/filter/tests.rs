@@ -189,6 +189,12 @@ fn limits_are_errors() {
         Filter::parse(&nots).unwrap_err().kind,
         FilterErrorKind::TooDeep { max: 16 }
     );
+    // `!(`…`)` is one level: sixteen of them nest fine, and print back the same way.
+    let negated_groups = format!("{}a == 1{}", "!(".repeat(16), ")".repeat(16));
+    let f = Filter::parse(&negated_groups).unwrap();
+    assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
+    let nine_nots = Filter::parse("!!!!!!!!!a == 1").unwrap();
+    assert_eq!(Filter::parse(&nine_nots.to_string()).unwrap(), nine_nots);
     // Deep input far past the limit is refused without deep recursion.
     let very_deep = "(".repeat(4000);
     assert!(matches!(
@@ -216,6 +222,29 @@ fn limits_are_errors() {
 }
 
 const FILTER_BYTES: usize = crate::limits::FILTER_BYTES_MAX;
+
+#[test]
+fn too_long_filter_points_at_a_character_boundary() {
+    // 4097 bytes whose byte 4096 is inside a two-byte character.
+    let text = format!("a{}", "é".repeat(2048));
+    let e = Filter::parse(&text).unwrap_err();
+    assert!(matches!(
+        e.kind,
+        FilterErrorKind::TooLong {
+            len: 4097,
+            max: 4096
+        }
+    ));
+    assert!(text.is_char_boundary(e.offset));
+    let shown = e.caret(&text);
+    assert!(shown.ends_with('^'));
+    // And a made-up offset inside a character renders too.
+    let odd = FilterError {
+        offset: 2,
+        kind: FilterErrorKind::UnterminatedString,
+    };
+    assert!(odd.caret("aé").ends_with(" ^"));
+}
 
 #[test]
 fn caret_points_at_the_offending_byte() {
@@ -273,13 +302,40 @@ fn arb_pred() -> impl Strategy<Value = Expr> {
 /// Random ASTs of bounded depth, in the shape the parser produces (no single-child And/Or,
 /// no And directly inside And unless it came from parentheses — which printing keeps).
 pub(crate) fn arb_expr() -> impl Strategy<Value = Expr> {
-    arb_pred().prop_recursive(4, 24, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 2..4).prop_map(Expr::And),
-            prop::collection::vec(inner.clone(), 2..4).prop_map(Expr::Or),
-            inner.prop_map(|e| Expr::Not(Box::new(e))),
-        ]
-    })
+    arb_pred().prop_recursive(4, 24, 4, expr_levels)
+}
+
+fn expr_levels(inner: BoxedStrategy<Expr>) -> impl Strategy<Value = Expr> {
+    prop_oneof![
+        prop::collection::vec(inner.clone(), 2..4).prop_map(Expr::And),
+        prop::collection::vec(inner.clone(), 2..4).prop_map(Expr::Or),
+        inner.prop_map(|e| Expr::Not(Box::new(e))),
+    ]
+}
+
+/// Deep, narrow trees: around the nesting limit, so printing must not add any nesting.
+fn arb_deep_expr() -> impl Strategy<Value = Expr> {
+    arb_pred().prop_recursive(20, 40, 2, expr_levels)
+}
+
+/// Nesting depth as the parser counts it: each `!` and each parenthesised group is one level,
+/// a negated group (`!(…)`) one in all. Printing parenthesises an `&&` or `||` that sits
+/// directly under another `&&` (or an `||` under `||`), and prints `!` as `!(…)`.
+fn depth(e: &Expr) -> usize {
+    fn go(e: &Expr, under_and: bool, under_or: bool) -> usize {
+        match e {
+            Expr::Pred(_) => 0,
+            Expr::Not(inner) => 1 + go(inner, false, false),
+            Expr::And(c) => {
+                usize::from(under_and) + c.iter().map(|c| go(c, true, false)).max().unwrap_or(0)
+            }
+            Expr::Or(c) => {
+                usize::from(under_and || under_or)
+                    + c.iter().map(|c| go(c, false, true)).max().unwrap_or(0)
+            }
+        }
+    }
+    go(e, false, false)
 }
 
 proptest! {
@@ -292,6 +348,20 @@ proptest! {
         prop_assert!(parsed.is_ok(), "{} -> {:?}", text, parsed);
         let parsed = parsed.unwrap();
         prop_assert_eq!(parsed.expr(), Some(&expr));
+    }
+
+    /// Printing never nests deeper than the tree itself: a tree within the limit prints to
+    /// text that parses back to it; only a tree beyond the limit is refused.
+    #[test]
+    fn deep_printed_filters_parse_back(expr in arb_deep_expr()) {
+        let text = expr.to_string();
+        match Filter::parse(&text) {
+            Ok(f) => prop_assert_eq!(f.expr(), Some(&expr)),
+            Err(e) => {
+                prop_assert!(depth(&expr) > 16, "{} -> {}", text, e);
+                prop_assert_eq!(e.kind, FilterErrorKind::TooDeep { max: 16 });
+            }
+        }
     }
 
     #[test]

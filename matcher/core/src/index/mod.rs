@@ -233,8 +233,8 @@ impl Index {
                         .get_or_insert_default()
                         .insert(owned(*lo), owned(*hi), slot)
                 }
-                Access::Prefix { bytes, .. } => ai.prefix.insert(state, bytes, slot),
-                Access::Suffix { bytes, .. } => ai.suffix.insert(state, bytes, slot),
+                Access::Prefix { bytes, .. } => ai.prefix.insert(state, End::Prefix, bytes, slot),
+                Access::Suffix { bytes, .. } => ai.suffix.insert(state, End::Suffix, bytes, slot),
                 Access::Regex { id, .. } => {
                     ai.regex.get_or_insert_default().insert(*id, slot, pool)
                 }
@@ -284,8 +284,8 @@ impl Index {
                     .str
                     .as_mut()
                     .is_some_and(|r| r.remove(owned(*lo), owned(*hi), slot)),
-                Access::Prefix { bytes, .. } => ai.prefix.remove(state, bytes, slot),
-                Access::Suffix { bytes, .. } => ai.suffix.remove(state, bytes, slot),
+                Access::Prefix { bytes, .. } => ai.prefix.remove(state, End::Prefix, bytes, slot),
+                Access::Suffix { bytes, .. } => ai.suffix.remove(state, End::Suffix, bytes, slot),
                 Access::Regex { id, .. } => {
                     ai.regex.as_mut().is_some_and(|r| r.remove(*id, slot, pool))
                 }
