@@ -183,6 +183,29 @@ fn side_by_side(
     ((e_rate, e_times, e_matches), (n_rate, n_times, n_matches))
 }
 
+/// Runs the engine over all `events` and the baseline over the first `n_naive`, side by side,
+/// and checks that both count the same matches on the baseline's sample.
+fn against_baseline(
+    opts: &Opts,
+    engine: &mut Engine,
+    events: &[Parsed],
+    n_naive: usize,
+    naive: impl Fn(&Parsed) -> usize,
+) -> (Measured, (f64, Vec<Duration>)) {
+    let sample = &events[..n_naive];
+    let (engine_figures, (n_rate, n_times, n_matches)) = side_by_side(
+        opts.reps(),
+        || (events.len(), run_engine(engine, events)),
+        || (sample.len(), black_box(sample.iter().map(&naive).sum())),
+    );
+    assert_eq!(
+        run_engine(engine, sample),
+        n_matches,
+        "engine and baseline disagree"
+    );
+    (engine_figures, (n_rate, n_times))
+}
+
 fn spread_pct(times: &[Duration]) -> String {
     let (min, max) = spread(times);
     let med = median(times.to_vec());
@@ -381,23 +404,10 @@ fn w2(opts: &Opts, rows: &mut Vec<Row>) {
             .iter()
             .map(|s| Filter::parse(&s.filter).unwrap())
             .collect();
-        let naive_events = &events[..n_naive];
-        let ((e_rate, e_times, e_matches), (n_rate, n_times, n_matches)) = side_by_side(
-            opts.reps(),
-            || (events.len(), run_engine(&mut engine, &events)),
-            || {
-                let total: usize = naive_events
-                    .iter()
-                    .map(|e| filters.iter().filter(|f| f.matches(&e.attrs)).count())
-                    .sum();
-                (naive_events.len(), black_box(total))
-            },
-        );
-        assert_eq!(
-            run_engine(&mut engine, naive_events),
-            n_matches,
-            "engine and baseline disagree on W2"
-        );
+        let ((e_rate, e_times, e_matches), (n_rate, n_times)) =
+            against_baseline(opts, &mut engine, &events, n_naive, |e| {
+                filters.iter().filter(|f| f.matches(&e.attrs)).count()
+            });
         println!(
             "engine {} events/s ({}), {:.0} matches/event ({:.3}%); baseline {} events/s ({})",
             fmt_rate(e_rate),
@@ -450,23 +460,10 @@ fn w3(opts: &Opts, rows: &mut Vec<Row>) {
         .iter()
         .map(|s| Pattern::parse(&s.pattern).unwrap())
         .collect();
-    let naive_events = &events[..n_naive];
-    let ((e_rate, e_times, e_matches), (n_rate, n_times, n_matches)) = side_by_side(
-        opts.reps(),
-        || (events.len(), run_engine(&mut engine, &events)),
-        || {
-            let total: usize = naive_events
-                .iter()
-                .map(|e| patterns.iter().filter(|p| p.matches(&e.topic)).count())
-                .sum();
-            (naive_events.len(), black_box(total))
-        },
-    );
-    assert_eq!(
-        run_engine(&mut engine, naive_events),
-        n_matches,
-        "engine and baseline disagree on W3"
-    );
+    let ((e_rate, e_times, e_matches), (n_rate, n_times)) =
+        against_baseline(opts, &mut engine, &events, n_naive, |e| {
+            patterns.iter().filter(|p| p.matches(&e.topic)).count()
+        });
     println!(
         "{} distinct patterns; engine {} topics/s ({}), {:.2} matches/topic; linear scan {} topics/s ({})",
         engine.stats().patterns, fmt_rate(e_rate), spread_pct(&e_times), e_matches as f64 / events.len() as f64,

@@ -19,7 +19,7 @@ use crate::regex_pool::RegexPool;
 use affix::{AffixIndex, End};
 use postings::Postings;
 pub(crate) use postings::{IdentityHasher, Slot, SlotList};
-use range::{NumRangeIndex, RangeIndex};
+use range::{NumRangeIndex, StrRangeIndex};
 use regex::RegexIndex;
 
 /// A topic or pattern, inline when short, so that checking a lookup against it costs no
@@ -109,7 +109,7 @@ pub(crate) struct Index {
 struct AttrIndex {
     exists: SlotList,
     num: Option<Box<NumRangeIndex>>,
-    str: Option<Box<RangeIndex<Box<[u8]>>>>,
+    str: Option<Box<StrRangeIndex<Box<[u8]>>>>,
     prefix: AffixIndex,
     suffix: AffixIndex,
     regex: Option<Box<RegexIndex>>,

@@ -92,24 +92,36 @@ impl<K: Ord> HalfRanges<K> {
     }
 }
 
-/// All range keys of one attribute over strings (by bytes) or any other ordered key.
-#[derive(Debug)]
-pub(crate) struct RangeIndex<K> {
-    half: HalfRanges<K>,
-    /// `lo < a < hi` with either end inclusive.
-    both: IntervalSet<K>,
+/// Where the two-sided intervals of a [`RangeIndex`] live.
+pub(crate) trait IntervalStore<K>: Default {
+    fn insert(&mut self, iv: Interval<K>);
+    fn remove(&mut self, iv: &Interval<K>) -> bool;
+    fn is_empty(&self) -> bool;
 }
 
-impl<K> Default for RangeIndex<K> {
+/// All range keys of one attribute: one-sided ranges in ordered maps, two-sided ones in `B`.
+#[derive(Debug)]
+pub(crate) struct RangeIndex<K, B> {
+    half: HalfRanges<K>,
+    /// `lo < a < hi` with either end inclusive.
+    both: B,
+}
+
+impl<K, B: Default> Default for RangeIndex<K, B> {
     fn default() -> Self {
         RangeIndex {
             half: HalfRanges::default(),
-            both: IntervalSet::default(),
+            both: B::default(),
         }
     }
 }
 
-impl<K: Ord + Clone> RangeIndex<K> {
+/// Ranges over strings by bytes (or any other ordered key).
+pub(crate) type StrRangeIndex<K> = RangeIndex<K, IntervalSet<K>>;
+/// Ranges over numbers.
+pub(crate) type NumRangeIndex = RangeIndex<NumKey, NumIntervals>;
+
+impl<K: Ord, B: IntervalStore<K>> RangeIndex<K, B> {
     pub(crate) fn insert(&mut self, lo: Option<(K, bool)>, hi: Option<(K, bool)>, slot: Slot) {
         match (lo, hi) {
             (Some(b), None) => self.half.insert(true, b, slot),
@@ -136,7 +148,9 @@ impl<K: Ord + Clone> RangeIndex<K> {
     pub(crate) fn is_empty(&self) -> bool {
         self.half.is_empty() && self.both.is_empty()
     }
+}
 
+impl<K: Ord + Clone> StrRangeIndex<K> {
     /// Calls `f` for every range that `v` satisfies.
     pub(crate) fn query<Q>(&self, v: &Q, mut f: impl FnMut(Slot))
     where
@@ -148,46 +162,7 @@ impl<K: Ord + Clone> RangeIndex<K> {
     }
 }
 
-/// All numeric range keys of one attribute.
-#[derive(Debug, Default)]
-pub(crate) struct NumRangeIndex {
-    half: HalfRanges<NumKey>,
-    both: NumIntervals,
-}
-
 impl NumRangeIndex {
-    pub(crate) fn insert(
-        &mut self,
-        lo: Option<(NumKey, bool)>,
-        hi: Option<(NumKey, bool)>,
-        slot: Slot,
-    ) {
-        match (lo, hi) {
-            (Some(b), None) => self.half.insert(true, b, slot),
-            (None, Some(b)) => self.half.insert(false, b, slot),
-            (Some(lo), Some(hi)) => self.both.insert(Interval { lo, hi, slot }),
-            (None, None) => debug_assert!(false, "a range needs a bound"),
-        }
-    }
-
-    pub(crate) fn remove(
-        &mut self,
-        lo: Option<(NumKey, bool)>,
-        hi: Option<(NumKey, bool)>,
-        slot: Slot,
-    ) -> bool {
-        match (lo, hi) {
-            (Some((k, _)), None) => self.half.remove(true, &k, slot),
-            (None, Some((k, _))) => self.half.remove(false, &k, slot),
-            (Some(lo), Some(hi)) => self.both.remove(&Interval { lo, hi, slot }),
-            (None, None) => false,
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.half.is_empty() && self.both.is_empty()
-    }
-
     /// Calls `f` for every range that `v` satisfies.
     pub(crate) fn query(&self, v: NumKey, mut f: impl FnMut(Slot)) {
         self.half.query(&v, &mut f);
@@ -234,7 +209,7 @@ fn width_class(iv: &Interval<NumKey>) -> Option<i32> {
     Some(w.log2().floor() as i32)
 }
 
-impl NumIntervals {
+impl IntervalStore<NumKey> for NumIntervals {
     fn insert(&mut self, iv: Interval<NumKey>) {
         match width_class(&iv) {
             Some(c) => {
@@ -290,7 +265,9 @@ impl NumIntervals {
     fn is_empty(&self) -> bool {
         self.classes.is_empty() && self.wide.is_empty()
     }
+}
 
+impl NumIntervals {
     fn query(&self, v: NumKey, mut f: impl FnMut(Slot)) {
         let vf = to_f64(v);
         for (&c, class) in &self.classes {
@@ -387,7 +364,7 @@ impl<K> Default for IntervalSet<K> {
     }
 }
 
-impl<K: Ord + Clone> IntervalSet<K> {
+impl<K: Ord + Clone> IntervalStore<K> for IntervalSet<K> {
     fn is_empty(&self) -> bool {
         self.built.len() == self.dead && self.pending.is_empty()
     }
@@ -423,7 +400,9 @@ impl<K: Ord + Clone> IntervalSet<K> {
         }
         true
     }
+}
 
+impl<K: Ord + Clone> IntervalSet<K> {
     fn rebuild(&mut self) {
         let mut all: Vec<Interval<K>> = std::mem::take(&mut self.built);
         all.retain(|iv| iv.slot != DEAD);
@@ -507,7 +486,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn query(r: &RangeIndex<i64>, v: i64) -> Vec<Slot> {
+    fn query(r: &StrRangeIndex<i64>, v: i64) -> Vec<Slot> {
         let mut out = vec![];
         r.query(&v, |s| out.push(s));
         out.sort();
@@ -540,7 +519,7 @@ mod tests {
             specs in prop::collection::vec(arb_spec(), 1..300),
             removals in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
         ) {
-            let mut r = RangeIndex::default();
+            let mut r = StrRangeIndex::default();
             let mut live: Vec<(Slot, Spec)> = vec![];
             for (i, s) in specs.iter().enumerate() {
                 r.insert(s.0, s.1, i as Slot);
