@@ -3,6 +3,7 @@
 //! a few integers instead of string comparisons.
 
 use hashbrown::HashMap;
+use slab::Slab;
 use smallvec::SmallVec;
 
 use sift_protocol::{Attributes, Value};
@@ -16,9 +17,8 @@ pub(crate) const ATTR_NAMES_MAX: usize = AttrId::MAX as usize;
 #[derive(Debug, Default)]
 pub(crate) struct AttrNames {
     by_name: HashMap<Box<str>, AttrId>,
-    /// Name and reference count per id; `None` for a free id.
-    names: Vec<Option<(Box<str>, u32)>>,
-    free: Vec<AttrId>,
+    /// Name and reference count per id.
+    names: Slab<(Box<str>, u32)>,
 }
 
 impl AttrNames {
@@ -41,40 +41,28 @@ impl AttrNames {
     /// Takes a reference to `name`, interning it if new. The caller has checked [`room`].
     pub(crate) fn acquire(&mut self, name: &str) -> AttrId {
         if let Some(&id) = self.by_name.get(name) {
-            if let Some((_, refs)) = self.names[id as usize].as_mut() {
+            if let Some((_, refs)) = self.names.get_mut(id as usize) {
                 *refs += 1;
             }
             return id;
         }
-        let entry = Some((Box::from(name), 1));
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.names[id as usize] = entry;
-                id
-            }
-            None => {
-                debug_assert!(self.names.len() < ATTR_NAMES_MAX, "caller checks room()");
-                self.names.push(entry);
-                (self.names.len() - 1) as AttrId
-            }
-        };
+        debug_assert!(self.names.len() < ATTR_NAMES_MAX, "caller checks room()");
+        let id = self.names.insert((Box::from(name), 1)) as AttrId;
         self.by_name.insert(name.into(), id);
         id
     }
 
     /// Drops one reference; forgets the name with the last one.
     pub(crate) fn release(&mut self, id: AttrId) {
-        let slot = &mut self.names[id as usize];
-        let Some((_, refs)) = slot.as_mut() else {
+        let Some((_, refs)) = self.names.get_mut(id as usize) else {
             debug_assert!(false, "release of a free attribute id");
             return;
         };
         *refs -= 1;
         if *refs == 0 {
-            if let Some((name, _)) = slot.take() {
+            if let Some((name, _)) = self.names.try_remove(id as usize) {
                 self.by_name.remove(&name);
             }
-            self.free.push(id);
         }
     }
 

@@ -8,6 +8,7 @@ use hashbrown::HashMap;
 use sift_protocol::event::check_attr_name;
 use sift_protocol::frame::ExpirySpec;
 use sift_protocol::{Attributes, DeliveryMode, Filter, SubscriptionId, Topic};
+use slab::Slab;
 
 use crate::attrs::{AttrNames, EventView, ATTR_NAMES_MAX};
 use crate::groups::{GroupId, Groups, NO_GROUP};
@@ -33,11 +34,11 @@ fn topic_hash(state: &FixedState, text: &str) -> u64 {
 fn remove_topic(
     topics: &mut HashMap<u64, BucketId, BuildHasherDefault<IdentityHasher>>,
     collisions: &mut HashMap<Box<str>, BucketId>,
-    buckets: &[Option<Bucket>],
+    buckets: &Slab<Bucket>,
     state: &FixedState,
     id: BucketId,
 ) {
-    let Some(bucket) = &buckets[id as usize] else {
+    let Some(bucket) = buckets.get(id as usize) else {
         return;
     };
     let text = bucket.key.as_str();
@@ -183,8 +184,7 @@ pub struct Engine {
     /// Topics whose hash another topic already has (practically never: the hash is 64-bit
     /// and seeded).
     topic_collisions: HashMap<Box<str>, BucketId>,
-    buckets: Vec<Option<Bucket>>,
-    free_buckets: Vec<BucketId>,
+    buckets: Slab<Bucket>,
     trie: Trie,
     pool: RegexPool,
     names: AttrNames,
@@ -220,8 +220,7 @@ impl Engine {
             by_id: HashMap::new(),
             topics: HashMap::default(),
             topic_collisions: HashMap::new(),
-            buckets: Vec::new(),
-            free_buckets: Vec::new(),
+            buckets: Slab::new(),
             trie: Trie::default(),
             pool: RegexPool::default(),
             names: AttrNames::default(),
@@ -263,7 +262,7 @@ impl Engine {
     }
 
     fn bucket(&self, id: BucketId) -> &Bucket {
-        match &self.buckets[id as usize] {
+        match self.buckets.get(id as usize) {
             Some(b) => b,
             None => unreachable!("bucket {id} is referenced by a live subscription"),
         }
@@ -407,16 +406,7 @@ impl Engine {
             return b;
         }
         let bucket = Bucket::new(text, !sub.pattern.is_literal());
-        let id = match self.free_buckets.pop() {
-            Some(id) => {
-                self.buckets[id as usize] = Some(bucket);
-                id
-            }
-            None => {
-                self.buckets.push(Some(bucket));
-                (self.buckets.len() - 1) as BucketId
-            }
-        };
+        let id = self.buckets.insert(bucket) as BucketId;
         if sub.pattern.is_literal() {
             self.insert_topic(text, id);
         } else {
@@ -438,7 +428,7 @@ impl Engine {
             ..
         } = self;
         let m = &mut meta[slot as usize];
-        let Some(bucket) = buckets[m.bucket as usize].as_mut() else {
+        let Some(bucket) = buckets.get_mut(m.bucket as usize) else {
             unreachable!("a new record's bucket exists")
         };
         m.pos = bucket.slots.len() as u32;
@@ -472,13 +462,12 @@ impl Engine {
             topics,
             topic_collisions,
             trie,
-            free_buckets,
             config,
             ..
         } = self;
         let bucket_id = meta[slot as usize].bucket;
         let pos = meta[slot as usize].pos as usize;
-        let Some(bucket) = buckets[bucket_id as usize].as_mut() else {
+        let Some(bucket) = buckets.get_mut(bucket_id as usize) else {
             unreachable!("a live record's bucket exists")
         };
         if let Some(index) = &mut bucket.index {
@@ -512,14 +501,13 @@ impl Engine {
         }
         if empty {
             if pattern {
-                if let Some(b) = &buckets[bucket_id as usize] {
+                if let Some(b) = buckets.get(bucket_id as usize) {
                     trie.remove(b.key.as_str());
                 }
             } else {
                 remove_topic(topics, topic_collisions, buckets, state, bucket_id);
             }
-            buckets[bucket_id as usize] = None;
-            free_buckets.push(bucket_id);
+            buckets.try_remove(bucket_id as usize);
         }
     }
 
@@ -584,7 +572,7 @@ impl Engine {
             ..
         } = self;
         let rec = &mut records[slot as usize];
-        let Some(bucket) = buckets[meta[slot as usize].bucket as usize].as_mut() else {
+        let Some(bucket) = buckets.get_mut(meta[slot as usize].bucket as usize) else {
             unreachable!("a live record's bucket exists")
         };
         let mut new = Prog::compile(filter.expr(), pool, names);
@@ -670,7 +658,7 @@ impl Engine {
         cands.clear();
         let view = EventView::new(names, attrs);
         for &b in scratch_buckets.iter() {
-            let Some(bucket) = &mut buckets[b as usize] else {
+            let Some(bucket) = buckets.get_mut(b as usize) else {
                 continue;
             };
             match &mut bucket.index {

@@ -5,6 +5,7 @@
 
 use hashbrown::HashMap;
 use sift_protocol::Attributes;
+use slab::Slab;
 
 use crate::keys::{mix64, stable_hash, KeyRef};
 
@@ -30,17 +31,16 @@ pub(crate) struct KeyConflict {
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     by_name: HashMap<Box<str>, GroupId>,
-    groups: Vec<Option<Group>>,
-    free: Vec<GroupId>,
+    groups: Slab<Group>,
 }
 
 impl Groups {
     /// Adds a member to `name` (creating it); all members must agree on the key attribute.
     pub(crate) fn join(&mut self, name: &str, key: Option<&str>) -> Result<GroupId, KeyConflict> {
         if let Some(&id) = self.by_name.get(name) {
-            let g = self.groups[id as usize]
-                .as_mut()
-                .expect("named groups exist");
+            let Some(g) = self.groups.get_mut(id as usize) else {
+                unreachable!("named groups exist")
+            };
             if g.key.as_deref() != key {
                 return Err(KeyConflict {
                     existing: g.key.as_deref().map(str::to_owned),
@@ -55,39 +55,28 @@ impl Groups {
             members: 1,
             turn: 0,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.groups[id as usize] = Some(g);
-                id
-            }
-            None => {
-                self.groups.push(Some(g));
-                (self.groups.len() - 1) as GroupId
-            }
-        };
+        let id = self.groups.insert(g) as GroupId;
         self.by_name.insert(name.into(), id);
         Ok(id)
     }
 
     /// Removes a member; the group goes with its last member.
     pub(crate) fn leave(&mut self, id: GroupId) {
-        let slot = &mut self.groups[id as usize];
-        let Some(g) = slot.as_mut() else {
+        let Some(g) = self.groups.get_mut(id as usize) else {
             debug_assert!(false, "leave of a free group");
             return;
         };
         g.members -= 1;
         if g.members == 0 {
-            if let Some(g) = slot.take() {
+            if let Some(g) = self.groups.try_remove(id as usize) {
                 self.by_name.remove(&g.name);
             }
-            self.free.push(id);
         }
     }
 
     /// The group's name.
     pub(crate) fn name(&self, id: GroupId) -> &str {
-        self.groups[id as usize].as_ref().map_or("", |g| &g.name)
+        self.groups.get(id as usize).map_or("", |g| &g.name)
     }
 
     /// Number of groups.
@@ -104,7 +93,7 @@ impl Groups {
         attrs: &Attributes,
     ) -> T {
         debug_assert!(!members.is_empty());
-        let Some(g) = self.groups[id as usize].as_mut() else {
+        let Some(g) = self.groups.get_mut(id as usize) else {
             return members[0].1;
         };
         let key_value = g

@@ -16,6 +16,7 @@ use regex::{Regex, RegexBuilder};
 use regex_syntax::hir::literal::{ExtractKind, Extractor, Seq};
 use regex_syntax::hir::{Hir, HirKind, Look};
 use sift_protocol::limits::{REGEX_COMPILED_BYTES_MAX, REGEX_DFA_BYTES_MAX};
+use slab::Slab;
 
 /// Index of an interned regex; stable while any subscription holds it.
 pub(crate) type RegexId = u32;
@@ -42,8 +43,7 @@ pub(crate) enum Anchor {
 #[derive(Debug, Default)]
 pub(crate) struct RegexPool {
     by_pattern: HashMap<Box<str>, RegexId>,
-    entries: Vec<Option<Entry>>,
-    free: Vec<RegexId>,
+    entries: Slab<Entry>,
 }
 
 impl RegexPool {
@@ -51,7 +51,7 @@ impl RegexPool {
     /// if new.
     pub(crate) fn acquire(&mut self, pattern: &str) -> RegexId {
         if let Some(&id) = self.by_pattern.get(pattern) {
-            if let Some(e) = self.entries[id as usize].as_mut() {
+            if let Some(e) = self.entries.get_mut(id as usize) {
                 e.refs += 1;
             }
             return id;
@@ -63,38 +63,27 @@ impl RegexPool {
             refs: 1,
             anchor,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.entries[id as usize] = Some(entry);
-                id
-            }
-            None => {
-                self.entries.push(Some(entry));
-                (self.entries.len() - 1) as RegexId
-            }
-        };
+        let id = self.entries.insert(entry) as RegexId;
         self.by_pattern.insert(pattern.into(), id);
         id
     }
 
     /// Drops one reference; frees the regex with the last one.
     pub(crate) fn release(&mut self, id: RegexId) {
-        let slot = &mut self.entries[id as usize];
-        let Some(e) = slot.as_mut() else {
+        let Some(e) = self.entries.get_mut(id as usize) else {
             debug_assert!(false, "release of a free regex id");
             return;
         };
         e.refs -= 1;
         if e.refs == 0 {
-            if let Some(e) = slot.take() {
+            if let Some(e) = self.entries.try_remove(id as usize) {
                 self.by_pattern.remove(&e.pattern);
             }
-            self.free.push(id);
         }
     }
 
     fn entry(&self, id: RegexId) -> &Entry {
-        match &self.entries[id as usize] {
+        match self.entries.get(id as usize) {
             Some(e) => e,
             None => unreachable!("regex id {id} is held by a live subscription"),
         }
@@ -139,8 +128,7 @@ impl RegexPool {
     pub(crate) fn compiled(&self) -> usize {
         self.entries
             .iter()
-            .flatten()
-            .filter(|e| e.regex.get().is_some())
+            .filter(|(_, e)| e.regex.get().is_some())
             .count()
     }
 }
