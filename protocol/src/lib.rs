@@ -9,6 +9,7 @@ pub mod event;
 pub mod filter;
 pub mod frame;
 pub mod limits;
+pub mod ring;
 pub mod topic;
 pub mod value;
 
@@ -18,3 +19,5 @@ pub use frame::{DeliveryMode, ErrorCode, Frame, SubscriptionId};
 pub use limits::Limits;
 pub use topic::{Pattern, PatternToken, Topic, TopicError};
 pub use value::Value;
+#[cfg(feature = "net")]
+pub mod net;
