@@ -111,6 +111,8 @@ pub enum EndReason {
     SlowConsumer,
     /// The node is shutting down.
     Shutdown,
+    /// The topic moved to another matcher (ring change); the client subscribes again there.
+    Moved,
 }
 
 /// One matcher in the ring.
@@ -131,6 +133,26 @@ pub struct Ring {
     pub version: u64,
     /// Members, ordered by id.
     pub members: Vec<RingMember>,
+}
+
+/// A matcher's state as the coordinator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Heartbeating and in the ring.
+    Alive,
+    /// Heartbeating, taken out of the ring by an operator.
+    Draining,
+}
+
+/// One matcher in an admin listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Identity, address and weight.
+    pub member: RingMember,
+    /// Alive or draining.
+    pub state: NodeState,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
 }
 
 /// An error answer.
@@ -227,6 +249,60 @@ pub enum Frame {
     },
     /// An error.
     Error(ErrorFrame),
+    /// First frame of a client connection: optional token for authentication.
+    Hello {
+        /// Request id.
+        req: RequestId,
+        /// The shared secret, if the node requires one.
+        token: Option<String>,
+    },
+    /// A matcher joins (or updates its address or weight) (matcher → coordinator). The
+    /// stream then carries its heartbeats.
+    Register {
+        /// Request id.
+        req: RequestId,
+        /// Identity, address and weight.
+        member: RingMember,
+    },
+    /// A matcher is alive (matcher → coordinator, on its register stream).
+    Heartbeat {
+        /// Request id.
+        req: RequestId,
+        /// The matcher's id.
+        node: String,
+    },
+    /// Send the ring now and after every change, on this stream (any → coordinator).
+    Watch {
+        /// Request id.
+        req: RequestId,
+    },
+    /// List the matchers (operator → coordinator).
+    AdminNodes {
+        /// Request id.
+        req: RequestId,
+    },
+    /// The matchers (coordinator → operator).
+    Nodes {
+        /// The request answered.
+        req: RequestId,
+        /// Every registered matcher.
+        nodes: Vec<NodeStatus>,
+    },
+    /// Take a matcher out of the ring; it keeps serving until its topics have moved
+    /// (operator → coordinator).
+    AdminDrain {
+        /// Request id.
+        req: RequestId,
+        /// The matcher's id.
+        node: String,
+    },
+    /// Forget a matcher (operator → coordinator).
+    AdminRemove {
+        /// Request id.
+        req: RequestId,
+        /// The matcher's id.
+        node: String,
+    },
 }
 
 macro_rules! error_codes {
@@ -270,6 +346,8 @@ error_codes! {
     PayloadTooLarge = 13,
     /// The expiry is zero or longer than the maximum.
     InvalidExpiry = 14,
+    /// The matcher id is not registered.
+    UnknownNode = 26,
     /// The subscription handle is not known here.
     UnknownSubscription = 20,
     /// A subscription with this handle already exists.

@@ -107,6 +107,48 @@ fn every_frame() -> Vec<Frame> {
             message: String::new(),
             ring_version: None,
         }),
+        Frame::Hello {
+            req: 9,
+            token: Some("secret".into()),
+        },
+        Frame::Register {
+            req: 10,
+            member: RingMember {
+                id: "m2".into(),
+                addr: "[::1]:7402".into(),
+                weight: 1,
+            },
+        },
+        Frame::Heartbeat {
+            req: 11,
+            node: "m2".into(),
+        },
+        Frame::Watch { req: 12 },
+        Frame::AdminNodes { req: 13 },
+        Frame::Nodes {
+            req: 13,
+            nodes: vec![NodeStatus {
+                member: RingMember {
+                    id: "m2".into(),
+                    addr: "x:1".into(),
+                    weight: 3,
+                },
+                state: NodeState::Draining,
+                last_seen_ms: 120,
+            }],
+        },
+        Frame::AdminDrain {
+            req: 14,
+            node: "m2".into(),
+        },
+        Frame::AdminRemove {
+            req: 15,
+            node: "m2".into(),
+        },
+        Frame::Ended {
+            sub,
+            reason: EndReason::Moved,
+        },
     ]
 }
 
@@ -284,7 +326,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_frames_never_panic(idx in 0usize..16, flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
+    fn mutated_frames_never_panic(idx in 0usize..32, flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
         let frames = every_frame();
         let mut bytes = encode_to_vec(&frames[idx % frames.len()], FRAME_BYTES_MAX).unwrap();
         for (at, b) in flips {

@@ -1,0 +1,419 @@
+//! The coordinator's QUIC shell: accepts connections and streams, feeds the membership core
+//! (owned by one task), and pushes every new ring to the streams that watch it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sift_protocol::frame::{ErrorCode, ErrorFrame, Frame, RequestId, Ring, RingMember};
+use sift_protocol::net::{server_endpoint, FrameReader, FrameWriter};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::membership::{Membership, MembershipError};
+
+/// Coordinator settings. `CoordinatorConfig::default()` is for production defaults; see each
+/// field for its unit and bounds.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Where to listen (UDP). Default `0.0.0.0:7400`.
+    pub listen: SocketAddr,
+    /// A matcher silent for this long is dead and leaves the ring. Default 2.5 s; must be
+    /// several heartbeat intervals.
+    pub dead_after: Duration,
+    /// Largest frame accepted, in bytes.
+    pub frame_bytes_max: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> CoordinatorConfig {
+        CoordinatorConfig {
+            listen: ([0, 0, 0, 0], 7400).into(),
+            dead_after: Duration::from_millis(2500),
+            frame_bytes_max: 64 * 1024,
+        }
+    }
+}
+
+enum Input {
+    Register {
+        member: RingMember,
+        reply: oneshot::Sender<Result<Ring, MembershipError>>,
+    },
+    Heartbeat {
+        node: String,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
+    Nodes {
+        reply: oneshot::Sender<Vec<sift_protocol::frame::NodeStatus>>,
+    },
+    Drain {
+        node: String,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
+    Remove {
+        node: String,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    endpoint: quinn::Endpoint,
+    ring: watch::Receiver<Ring>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Bound of the queue into the membership task.
+const INPUT_QUEUE_LEN_MAX: usize = 1024;
+
+impl Coordinator {
+    /// Starts a coordinator with `tls` on `config.listen`.
+    pub fn start(
+        config: CoordinatorConfig,
+        tls: quinn::ServerConfig,
+    ) -> std::io::Result<Coordinator> {
+        let endpoint = server_endpoint(config.listen, tls)?;
+        let membership = Membership::new(config.dead_after.as_millis() as u64);
+        let (ring_tx, ring_rx) = watch::channel(membership.ring());
+        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_LEN_MAX);
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(core_task(membership, input_rx, ring_tx, cancel.clone()));
+        tasks.spawn(accept_loop(
+            endpoint.clone(),
+            input_tx,
+            ring_rx.clone(),
+            config,
+            cancel.clone(),
+            tasks.clone(),
+        ));
+        info!(addr = %endpoint.local_addr()?, "coordinator listening");
+        Ok(Coordinator {
+            endpoint,
+            ring: ring_rx,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> Ring {
+        self.ring.borrow().clone()
+    }
+
+    /// A receiver that sees every new ring.
+    pub fn watch(&self) -> watch::Receiver<Ring> {
+        self.ring.clone()
+    }
+
+    /// Stops accepting, closes connections and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn core_task(
+    mut m: Membership,
+    mut input: mpsc::Receiver<Input>,
+    ring_tx: watch::Sender<Ring>,
+    cancel: CancellationToken,
+) {
+    let start = Instant::now();
+    let now_ms = |start: Instant| start.elapsed().as_millis() as u64;
+    loop {
+        let deadline = m
+            .next_deadline()
+            .map(|ms| start + Duration::from_millis(ms));
+        let version = m.version();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = input.recv() => match msg {
+                None => break,
+                Some(msg) => handle(&mut m, now_ms(start), msg),
+            },
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                for id in m.expire(now_ms(start)) {
+                    warn!(node = %id, "matcher missed its heartbeats; removed from the ring");
+                }
+            }
+        }
+        if m.version() != version {
+            let ring = m.ring();
+            info!(
+                version = ring.version,
+                members = ring.members.len(),
+                "ring changed"
+            );
+            ring_tx.send_replace(ring);
+        }
+    }
+}
+
+fn handle(m: &mut Membership, now: u64, msg: Input) {
+    // A dropped reply means the requester went away; nothing to do.
+    match msg {
+        Input::Register { member, reply } => {
+            let _ = reply.send(m.register(now, member).map(|_| m.ring()));
+        }
+        Input::Heartbeat { node, reply } => {
+            let _ = reply.send(m.heartbeat(now, &node));
+        }
+        Input::Nodes { reply } => {
+            let _ = reply.send(m.status(now));
+        }
+        Input::Drain { node, reply } => {
+            let _ = reply.send(m.drain(&node).map(|_| ()));
+        }
+        Input::Remove { node, reply } => {
+            let _ = reply.send(m.remove(&node).map(|_| ()));
+        }
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    input: mpsc::Sender<Input>,
+    ring: watch::Receiver<Ring>,
+    config: CoordinatorConfig,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let (input, ring, cancel2, tasks2) =
+            (input.clone(), ring.clone(), cancel.clone(), tasks.clone());
+        let max = config.frame_bytes_max;
+        tasks.spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return debug!(error = %e, "handshake failed"),
+            };
+            let span = tracing::info_span!("conn", peer = %conn.remote_address());
+            serve_connection(conn, input, ring, max, cancel2, tasks2)
+                .instrument(span)
+                .await;
+        });
+    }
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    input: mpsc::Sender<Input>,
+    ring: watch::Receiver<Ring>,
+    max: usize,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
+        };
+        let stream = Stream {
+            reader: FrameReader::new(recv, max),
+            writer: FrameWriter::new(send, max),
+            input: input.clone(),
+        };
+        tasks.spawn(stream.serve(ring.clone(), cancel.clone()));
+    }
+}
+
+struct Stream {
+    reader: FrameReader,
+    writer: FrameWriter,
+    input: mpsc::Sender<Input>,
+}
+
+fn error_frame(req: RequestId, code: ErrorCode, message: String) -> Frame {
+    Frame::Error(ErrorFrame {
+        req: Some(req),
+        code,
+        message,
+        ring_version: None,
+    })
+}
+
+fn membership_error(req: RequestId, e: MembershipError) -> Frame {
+    let code = match e {
+        MembershipError::UnknownNode(_) => ErrorCode::UnknownNode,
+        MembershipError::Invalid(_) => ErrorCode::Malformed,
+    };
+    error_frame(req, code, e.to_string())
+}
+
+impl Stream {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Serves one stream: its first frame says what it is for.
+    async fn serve(mut self, ring: watch::Receiver<Ring>, cancel: CancellationToken) {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = self.reader.next() => f,
+        };
+        let reply = match first {
+            Ok(Some(Frame::Register { req, member })) => {
+                return self.register(req, member, cancel).await
+            }
+            Ok(Some(Frame::Watch { req })) => return self.watch(req, ring, cancel).await,
+            Ok(Some(Frame::RingFetch { req })) => Frame::Ring {
+                req: Some(req),
+                ring: ring.borrow().clone(),
+            },
+            Ok(Some(Frame::AdminNodes { req })) => {
+                match self.ask(|reply| Input::Nodes { reply }).await {
+                    Some(nodes) => Frame::Nodes { req, nodes },
+                    None => return,
+                }
+            }
+            Ok(Some(Frame::AdminDrain { req, node })) => {
+                self.admin(req, |reply| Input::Drain { node, reply }).await
+            }
+            Ok(Some(Frame::AdminRemove { req, node })) => {
+                self.admin(req, |reply| Input::Remove { node, reply }).await
+            }
+            Ok(Some(other)) => Frame::Error(ErrorFrame {
+                req: None,
+                code: ErrorCode::Malformed,
+                message: format!("a coordinator does not serve {}", frame_name(&other)),
+                ring_version: None,
+            }),
+            Ok(None) => return,
+            Err(e) => Frame::Error(ErrorFrame {
+                req: None,
+                code: match &e {
+                    sift_protocol::net::NetError::Decode(d) => d.code(),
+                    _ => ErrorCode::Malformed,
+                },
+                message: e.to_string(),
+                ring_version: None,
+            }),
+        };
+        let _ = self.writer.send(&reply).await;
+        let _ = self.writer.finish().await;
+    }
+
+    async fn admin(
+        &self,
+        req: RequestId,
+        make: impl FnOnce(oneshot::Sender<Result<(), MembershipError>>) -> Input,
+    ) -> Frame {
+        match self.ask(make).await {
+            Some(Ok(())) => Frame::Ok { req },
+            Some(Err(e)) => membership_error(req, e),
+            None => error_frame(
+                req,
+                ErrorCode::ShuttingDown,
+                "the coordinator is stopping".into(),
+            ),
+        }
+    }
+
+    async fn register(mut self, req: RequestId, member: RingMember, cancel: CancellationToken) {
+        let id = member.id.clone();
+        let reply = match self.ask(|reply| Input::Register { member, reply }).await {
+            Some(Ok(ring)) => Frame::Ring {
+                req: Some(req),
+                ring,
+            },
+            Some(Err(e)) => membership_error(req, e),
+            None => return,
+        };
+        if self.writer.send(&reply).await.is_err() {
+            return;
+        }
+        info!(node = %id, "matcher registered");
+        // Heartbeats follow on the same stream.
+        loop {
+            let frame = tokio::select! {
+                _ = cancel.cancelled() => break,
+                f = self.reader.next() => f,
+            };
+            let reply = match frame {
+                Ok(Some(Frame::Heartbeat { req, node })) => {
+                    match self.ask(|reply| Input::Heartbeat { node, reply }).await {
+                        Some(Ok(())) => Frame::Ok { req },
+                        Some(Err(e)) => membership_error(req, e),
+                        None => break,
+                    }
+                }
+                Ok(Some(other)) => error_frame(
+                    0,
+                    ErrorCode::Malformed,
+                    format!("expected a heartbeat, got {}", frame_name(&other)),
+                ),
+                Ok(None) | Err(_) => break,
+            };
+            if self.writer.send(&reply).await.is_err() {
+                break;
+            }
+        }
+        debug!(node = %id, "register stream closed");
+    }
+
+    async fn watch(
+        mut self,
+        req: RequestId,
+        mut ring: watch::Receiver<Ring>,
+        cancel: CancellationToken,
+    ) {
+        let first = ring.borrow_and_update().clone();
+        if self
+            .writer
+            .send(&Frame::Ring {
+                req: Some(req),
+                ring: first,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = ring.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let next = ring.borrow_and_update().clone();
+                    if self.writer.send(&Frame::Ring { req: None, ring: next }).await.is_err() {
+                        break;
+                    }
+                }
+                // The watcher closing its side ends the watch.
+                end = self.reader.next() => if !matches!(end, Ok(Some(_))) { break },
+            }
+        }
+        let _ = self.writer.finish().await;
+    }
+}
+
+/// The variant name of a frame, for messages.
+pub(crate) fn frame_name(f: &Frame) -> String {
+    let debug = format!("{f:?}");
+    debug
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("a frame")
+        .to_owned()
+}

@@ -1,0 +1,251 @@
+//! The coordinator over real QUIC on loopback: registration, ring pushes to watchers,
+//! heartbeats, failure detection, admin listing, drain and remove.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use sift_coordinator::{Coordinator, CoordinatorConfig};
+use sift_protocol::frame::{ErrorCode, Frame, NodeState, Ring, RingMember};
+use sift_protocol::limits::FRAME_BYTES_MAX;
+use sift_protocol::net::tls::{client_config, server_config, CertAuthority};
+use sift_protocol::net::{client_endpoint, FrameReader, FrameWriter};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    coordinator: Coordinator,
+    client: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+async fn fixture(dead_after: Duration) -> Fixture {
+    let ca = CertAuthority::generate("test CA").unwrap();
+    let cert = ca.issue(&["localhost".into()]).unwrap();
+    let config = CoordinatorConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        dead_after,
+        ..Default::default()
+    };
+    let coordinator = Coordinator::start(config, server_config(&cert, None).unwrap()).unwrap();
+    let client = client_endpoint(client_config(&ca.cert_pem, None).unwrap()).unwrap();
+    let conn = client
+        .connect(coordinator.local_addr().unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    Fixture {
+        coordinator,
+        client,
+        conn,
+    }
+}
+
+async fn open(conn: &quinn::Connection) -> (FrameWriter, FrameReader) {
+    let (send, recv) = conn.open_bi().await.unwrap();
+    (
+        FrameWriter::new(send, FRAME_BYTES_MAX),
+        FrameReader::new(recv, FRAME_BYTES_MAX),
+    )
+}
+
+async fn request(conn: &quinn::Connection, frame: Frame) -> Frame {
+    let (mut w, mut r) = open(conn).await;
+    w.send(&frame).await.unwrap();
+    r.next().await.unwrap().unwrap()
+}
+
+fn member(id: &str) -> RingMember {
+    RingMember {
+        id: id.into(),
+        addr: format!("127.0.0.1:{}", 7401),
+        weight: 1,
+    }
+}
+
+async fn next_ring(r: &mut FrameReader) -> Ring {
+    match r.next().await.unwrap().unwrap() {
+        Frame::Ring { ring, .. } => ring,
+        other => panic!("expected a ring, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watchers_see_every_ring_change() {
+    let f = fixture(Duration::from_secs(5)).await;
+    let run = async {
+        let (mut watch_w, mut watch_r) = open(&f.conn).await;
+        watch_w.send(&Frame::Watch { req: 1 }).await.unwrap();
+        assert_eq!(next_ring(&mut watch_r).await.version, 0);
+
+        let (mut m1, mut m1r) = open(&f.conn).await;
+        m1.send(&Frame::Register {
+            req: 2,
+            member: member("m1"),
+        })
+        .await
+        .unwrap();
+        let ring = next_ring(&mut m1r).await;
+        assert_eq!((ring.version, ring.members.len()), (1, 1));
+        assert_eq!(next_ring(&mut watch_r).await.version, 1);
+
+        let (mut m2, mut m2r) = open(&f.conn).await;
+        m2.send(&Frame::Register {
+            req: 3,
+            member: member("m2"),
+        })
+        .await
+        .unwrap();
+        assert_eq!(next_ring(&mut m2r).await.members.len(), 2);
+        assert_eq!(next_ring(&mut watch_r).await.version, 2);
+
+        // Heartbeats are answered on the register stream.
+        m1.send(&Frame::Heartbeat {
+            req: 4,
+            node: "m1".into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(m1r.next().await.unwrap(), Some(Frame::Ok { req: 4 }));
+
+        // Admin: list, drain, remove.
+        let Frame::Nodes { nodes, .. } = request(&f.conn, Frame::AdminNodes { req: 5 }).await
+        else {
+            panic!()
+        };
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(
+            request(
+                &f.conn,
+                Frame::AdminDrain {
+                    req: 6,
+                    node: "m2".into()
+                }
+            )
+            .await,
+            Frame::Ok { req: 6 }
+        );
+        let ring = next_ring(&mut watch_r).await;
+        assert_eq!((ring.version, ring.members.len()), (3, 1));
+        let Frame::Nodes { nodes, .. } = request(&f.conn, Frame::AdminNodes { req: 7 }).await
+        else {
+            panic!()
+        };
+        assert_eq!(
+            nodes.iter().find(|n| n.member.id == "m2").unwrap().state,
+            NodeState::Draining
+        );
+        assert_eq!(
+            request(
+                &f.conn,
+                Frame::AdminRemove {
+                    req: 8,
+                    node: "m2".into()
+                }
+            )
+            .await,
+            Frame::Ok { req: 8 }
+        );
+        let Frame::Error(e) = request(
+            &f.conn,
+            Frame::AdminRemove {
+                req: 9,
+                node: "m2".into(),
+            },
+        )
+        .await
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::UnknownNode);
+        let Frame::Ring { ring, .. } = request(&f.conn, Frame::RingFetch { req: 10 }).await else {
+            panic!()
+        };
+        assert_eq!(
+            ring.members
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["m1"]
+        );
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    f.coordinator.shutdown().await;
+    f.client.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_silent_matcher_is_declared_dead() {
+    let f = fixture(Duration::from_millis(300)).await;
+    let run = async {
+        let (mut watch_w, mut watch_r) = open(&f.conn).await;
+        watch_w.send(&Frame::Watch { req: 1 }).await.unwrap();
+        assert_eq!(next_ring(&mut watch_r).await.members.len(), 0);
+        let (mut m1, mut m1r) = open(&f.conn).await;
+        m1.send(&Frame::Register {
+            req: 2,
+            member: member("m1"),
+        })
+        .await
+        .unwrap();
+        next_ring(&mut m1r).await;
+        assert_eq!(next_ring(&mut watch_r).await.members.len(), 1);
+        // No heartbeat: the next push is the ring without it.
+        let ring = next_ring(&mut watch_r).await;
+        assert!(ring.members.is_empty());
+        // Its late heartbeat is refused with a typed error, so it knows to register again.
+        m1.send(&Frame::Heartbeat {
+            req: 3,
+            node: "m1".into(),
+        })
+        .await
+        .unwrap();
+        let Some(Frame::Error(e)) = m1r.next().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::UnknownNode);
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    f.coordinator.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_typed_errors_and_the_coordinator_keeps_serving() {
+    let f = fixture(Duration::from_secs(5)).await;
+    let run = async {
+        let bad = RingMember {
+            id: "x".into(),
+            addr: "a:1".into(),
+            weight: 0,
+        };
+        let (mut w, mut r) = open(&f.conn).await;
+        w.send(&Frame::Register {
+            req: 1,
+            member: bad,
+        })
+        .await
+        .unwrap();
+        assert!(matches!(r.next().await.unwrap(), Some(Frame::Error(_))));
+        // Garbage on a fresh stream gets an error frame.
+        let (mut w, mut r) = open(&f.conn).await;
+        w.stream()
+            .write_all(&[0, 0, 0, 3, 0, 1, 0xc1])
+            .await
+            .unwrap();
+        let Some(Frame::Error(e)) = r.next().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::Malformed);
+        // A frame that is not for a coordinator.
+        let Frame::Error(e) = request(&f.conn, Frame::Ok { req: 1 }).await else {
+            panic!()
+        };
+        assert!(e.message.contains("does not serve"), "{}", e.message);
+        // Still serving.
+        let Frame::Ring { .. } = request(&f.conn, Frame::RingFetch { req: 2 }).await else {
+            panic!()
+        };
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    f.coordinator.shutdown().await;
+}
