@@ -17,6 +17,7 @@
 //! ARCHITECTURE.md has the full design and its invariants.
 
 mod attrs;
+pub mod delivery;
 mod engine;
 mod groups;
 mod index;

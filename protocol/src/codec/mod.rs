@@ -103,6 +103,71 @@ pub fn encode_to_vec(frame: &Frame, max_bytes: usize) -> Result<Vec<u8>, EncodeE
     Ok(out)
 }
 
+/// An event encoded once (MessagePack), to be sent to many subscriptions without encoding it
+/// again for each: see [`encode_notify`].
+#[derive(Clone, Debug)]
+pub struct EncodedEvent {
+    bytes: bytes::Bytes,
+}
+
+impl EncodedEvent {
+    /// Encodes `event`.
+    pub fn new(event: &crate::event::Event) -> Result<EncodedEvent, EncodeError> {
+        Ok(EncodedEvent { bytes: rmp_serde::to_vec(event)?.into() })
+    }
+
+    /// Bytes of the encoded event.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True for an empty encoding (never, for a real event).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// Appends a `Frame::Notify` for `event` to `out`: byte for byte what [`encode`] produces for
+/// the same frame, without re-encoding the event. On error `out` is left as it was.
+pub fn encode_notify(
+    sub: crate::frame::SubscriptionId,
+    delivery: u64,
+    redelivered: bool,
+    event: &EncodedEvent,
+    max_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_BYTES]);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    // {"Notify": [sub, delivery, redelivered, event]}, as rmp-serde writes the enum variant.
+    let head = rmp::encode::write_map_len(out, 1)
+        .and_then(|_| rmp::encode::write_str(out, "Notify").map_err(|_| unreachable_write()))
+        .and_then(|_| rmp::encode::write_array_len(out, 4))
+        .map(|_| ());
+    let body = head
+        .and_then(|_| rmp::encode::write_uint(out, sub.0).map(|_| ()))
+        .and_then(|_| rmp::encode::write_uint(out, delivery).map(|_| ()))
+        .and_then(|_| rmp::encode::write_bool(out, redelivered).map_err(|_| unreachable_write()));
+    if body.is_err() {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge { len: 0, max: max_bytes });
+    }
+    out.extend_from_slice(&event.bytes);
+    let len = out.len() - start - LENGTH_BYTES;
+    if len > max_bytes || u32::try_from(len).is_err() {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge { len, max: max_bytes });
+    }
+    out[start..start + LENGTH_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Writing to a `Vec` cannot fail; this stands in for the error type where one is required.
+fn unreachable_write() -> rmp::encode::ValueWriteError {
+    rmp::encode::ValueWriteError::InvalidMarkerWrite(std::io::Error::other("write to a Vec failed"))
+}
+
 /// The total length (prefix included) of the frame at the start of `buf`, once the prefix is
 /// in; refuses a length above `max_bytes` at once.
 pub fn frame_extent(buf: &[u8], max_bytes: usize) -> Result<Option<usize>, DecodeError> {

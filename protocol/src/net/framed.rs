@@ -123,6 +123,18 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Adds a notification of a pre-encoded event to the pending batch.
+    pub fn push_notify(
+        &mut self,
+        sub: crate::frame::SubscriptionId,
+        delivery: u64,
+        redelivered: bool,
+        event: &crate::codec::EncodedEvent,
+    ) -> Result<(), NetError> {
+        codec::encode_notify(sub, delivery, redelivered, event, self.max_bytes, &mut self.buf)?;
+        Ok(())
+    }
+
     /// Bytes waiting in the batch.
     pub fn pending_bytes(&self) -> usize {
         self.buf.len()

@@ -1,0 +1,89 @@
+//! Matcher settings: a documented struct with defaults; every field says its unit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sift_protocol::Limits;
+
+/// What to do when a subscriber's queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Drop the oldest queued notification and count it (at-most-once subscriptions only;
+    /// an at-least-once subscription is ended instead, since dropping would break its promise).
+    #[default]
+    DropOldest,
+    /// End the subscription with `SlowConsumer`.
+    Disconnect,
+}
+
+/// Matcher settings.
+#[derive(Clone, Debug)]
+pub struct MatcherConfig {
+    /// Stable identity in the ring. Default `"matcher"`.
+    pub id: String,
+    /// Where to listen (UDP). Default `0.0.0.0:7401`.
+    pub listen: SocketAddr,
+    /// The address clients should use, as `host:port`; default: the listen address.
+    pub advertise: Option<String>,
+    /// Relative weight in the ring, 1 ..= 100. Default 1.
+    pub weight: u32,
+    /// The coordinator (address and TLS server name); `None` runs standalone, owning every
+    /// topic.
+    pub coordinator: Option<(SocketAddr, String)>,
+    /// How often to heartbeat the coordinator. Default 500 ms (the coordinator's dead-after
+    /// default is 2.5 s).
+    pub heartbeat_interval: Duration,
+    /// Event and frame limits.
+    pub limits: Limits,
+    /// Most live subscriptions on this matcher. Default 10,000,000.
+    pub subscriptions_max: usize,
+    /// Most live subscriptions per client connection. Default 10,000 (also the QUIC stream
+    /// limit, one stream per subscription).
+    pub subscriptions_per_connection_max: usize,
+    /// Notifications queued per subscription before the slow-consumer policy applies.
+    /// Default 8,192.
+    pub queue_len_max: usize,
+    /// The slow-consumer policy. Default drop-oldest.
+    pub slow_consumer: SlowConsumer,
+    /// An at-least-once notification not acked within this is sent again. Default 2 s.
+    pub ack_timeout: Duration,
+    /// Most unacked notifications per at-least-once subscription; more wait in its queue.
+    /// Default 1,024.
+    pub redelivery_window: usize,
+    /// How long an acknowledged publish's id is remembered to drop repeats. Default 60 s.
+    pub dedup_window: Duration,
+    /// Most ids remembered for deduplication. Default 1,000,000.
+    pub dedup_ids_max: usize,
+    /// When set, clients must send this token in `Hello` before anything else.
+    pub token: Option<String>,
+}
+
+impl Default for MatcherConfig {
+    fn default() -> MatcherConfig {
+        MatcherConfig {
+            id: "matcher".into(),
+            listen: ([0, 0, 0, 0], 7401).into(),
+            advertise: None,
+            weight: 1,
+            coordinator: None,
+            heartbeat_interval: Duration::from_millis(500),
+            limits: Limits::default(),
+            subscriptions_max: 10_000_000,
+            subscriptions_per_connection_max: 10_000,
+            queue_len_max: 8192,
+            slow_consumer: SlowConsumer::DropOldest,
+            ack_timeout: Duration::from_secs(2),
+            redelivery_window: 1024,
+            dedup_window: Duration::from_secs(60),
+            dedup_ids_max: 1_000_000,
+            token: None,
+        }
+    }
+}
+
+impl MatcherConfig {
+    /// Defaults for a matcher on loopback with an OS-chosen port, for tests.
+    pub fn for_test(id: &str) -> MatcherConfig {
+        MatcherConfig { id: id.into(), listen: ([127, 0, 0, 1], 0).into(), ..MatcherConfig::default() }
+    }
+}

@@ -1,0 +1,240 @@
+//! Client connections: each bidirectional stream carries requests in and answers out (in
+//! request order); bad input gets a typed error frame and the stream goes on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sift_protocol::event::EventError;
+use sift_protocol::frame::{ErrorCode, ErrorFrame, Frame, Publish, RequestId};
+use sift_protocol::net::{FrameReader, FrameWriter, NetError};
+use sift_protocol::Filter;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::config::MatcherConfig;
+use crate::core::{parse_subscribe, ConnId, Input, Refusal};
+
+/// What a connection task needs.
+pub(crate) struct Shared {
+    pub(crate) core: mpsc::Sender<Input>,
+    pub(crate) config: MatcherConfig,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) next_conn: AtomicU64,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
+
+/// Answers in flight per stream before reading pauses.
+const ANSWERS_IN_FLIGHT_MAX: usize = 1024;
+
+pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let authed = Arc::new(AtomicBool::new(shared.config.token.is_none()));
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
+        };
+        let stream = RequestStream { conn: conn.clone(), id, shared: shared.clone(), authed: authed.clone() };
+        shared.tasks.spawn(stream.serve(send, recv));
+    }
+    // Its subscriptions cannot be delivered any more.
+    let _ = shared.core.send(Input::Closed { conn: id }).await;
+}
+
+struct RequestStream {
+    conn: quinn::Connection,
+    id: ConnId,
+    shared: Arc<Shared>,
+    authed: Arc<AtomicBool>,
+}
+
+fn error(req: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::Error(ErrorFrame { req, code, message: message.into(), ring_version: None })
+}
+
+fn now(frame: Frame) -> Answer {
+    Box::pin(async move { Some(frame) })
+}
+
+/// An answer that waits for the core.
+fn later<T: Send + 'static>(
+    req: Option<RequestId>,
+    rx: oneshot::Receiver<Result<T, Refusal>>,
+    ok: impl FnOnce(T) -> Option<Frame> + Send + 'static,
+) -> Answer {
+    Box::pin(async move {
+        match rx.await {
+            Ok(Ok(v)) => ok(v),
+            Ok(Err(refusal)) => Some(Frame::Error(refusal.frame(req))),
+            Err(_) => Some(error(req, ErrorCode::ShuttingDown, "the matcher is stopping")),
+        }
+    })
+}
+
+impl RequestStream {
+    async fn serve(self, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let max = self.shared.config.limits.frame_bytes_max;
+        let mut reader = FrameReader::new(recv, max);
+        let (tx, rx) = mpsc::channel::<Answer>(ANSWERS_IN_FLIGHT_MAX);
+        let writer = tokio::spawn(write_answers(FrameWriter::new(send, max), rx));
+        loop {
+            let frame = tokio::select! {
+                _ = self.shared.cancel.cancelled() => break,
+                f = reader.next() => f,
+            };
+            let answer = match frame {
+                Ok(Some(frame)) => self.handle(frame).await,
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match &e {
+                        NetError::Decode(d) => d.code(),
+                        _ => ErrorCode::Malformed,
+                    };
+                    let fatal = !e.recoverable();
+                    let _ = tx.send(now(error(None, code, e.to_string()))).await;
+                    if fatal {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if let Some(answer) = answer {
+                if tx.send(answer).await.is_err() {
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        // If the core is gone, the receiver reports it.
+        let _ = self.shared.core.send(make(tx)).await;
+        rx
+    }
+
+    async fn handle(&self, frame: Frame) -> Option<Answer> {
+        if let Frame::Hello { req, token } = &frame {
+            let ok = self.shared.config.token.as_ref().is_none_or(|t| Some(t) == token.as_ref());
+            if ok {
+                self.authed.store(true, Ordering::Relaxed);
+                return Some(now(Frame::Ok { req: *req }));
+            }
+            self.conn.close(1u32.into(), b"unauthorized");
+            return None;
+        }
+        if !self.authed.load(Ordering::Relaxed) {
+            let answer = error(None, ErrorCode::Unauthorized, "send Hello with the token first");
+            return Some(now(answer));
+        }
+        let conn = self.id;
+        Some(match frame {
+            Frame::Publish(p) => return self.publish(p).await,
+            Frame::Subscribe(s) => {
+                let req = Some(s.req);
+                let new = match parse_subscribe(&s) {
+                    Ok(new) => new,
+                    Err(r) => return Some(now(Frame::Error(r.frame(req)))),
+                };
+                let rx = self.ask(|reply| Input::Subscribe { conn, sub: new, reply }).await;
+                let (quic, sub, shared) = (self.conn.clone(), s.id, self.shared.clone());
+                later(req, rx, move |(expires_in_ms, queue)| {
+                    let max = shared.config.limits.frame_bytes_max;
+                    shared.tasks.spawn(crate::notify::run(quic, sub, queue, max, shared.cancel.clone()));
+                    Some(Frame::Subscribed { req: s.req, sub, expires_in_ms })
+                })
+            }
+            Frame::Unsubscribe { req, sub } => {
+                let rx = self.ask(|reply| Input::Unsubscribe { conn, id: sub, reply }).await;
+                later(Some(req), rx, move |()| Some(Frame::Ok { req }))
+            }
+            Frame::Renew { req, sub } => {
+                let rx = self.ask(|reply| Input::Renew { conn, id: sub, reply }).await;
+                later(Some(req), rx, move |expires_in_ms| Some(Frame::Subscribed { req, sub, expires_in_ms }))
+            }
+            Frame::SetFilter { req, sub, filter } => {
+                let filter = match Filter::parse(&filter) {
+                    Ok(f) => f,
+                    Err(e) => return Some(now(error(Some(req), ErrorCode::InvalidFilter, e.to_string()))),
+                };
+                let rx = self.ask(|reply| Input::SetFilter { conn, id: sub, filter, reply }).await;
+                later(Some(req), rx, move |()| Some(Frame::Ok { req }))
+            }
+            Frame::Ack { sub, delivery } => {
+                let _ = self.shared.core.send(Input::Ack { conn, id: sub, delivery }).await;
+                return None;
+            }
+            Frame::RingFetch { req } => {
+                let (tx, rx) = oneshot::channel();
+                let _ = self.shared.core.send(Input::RingNow { reply: tx }).await;
+                Box::pin(async move { Some(Frame::Ring { req: Some(req), ring: rx.await.ok()? }) })
+            }
+            other => now(error(None, ErrorCode::Malformed, format!("a matcher does not serve {}", name(&other)))),
+        })
+    }
+
+    async fn publish(&self, p: Publish) -> Option<Answer> {
+        let topic = match p.event.validate(&self.shared.config.limits) {
+            Ok(t) => t,
+            Err(e) => {
+                let code = match e {
+                    EventError::Topic(_) => ErrorCode::InvalidTopic,
+                    EventError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+                    _ => ErrorCode::InvalidEvent,
+                };
+                return Some(now(error(p.req, code, e.to_string())));
+            }
+        };
+        let id = p.event.id;
+        match p.req {
+            None => {
+                // Fire and forget: only a refusal (e.g. not the owner) is answered.
+                let (tx, rx) = oneshot::channel();
+                let input = Input::Publish { topic, event: p.event, acked: false, reply: Some(tx) };
+                let _ = self.shared.core.send(input).await;
+                Some(Box::pin(async move {
+                    match rx.await {
+                        Ok(Err(r)) => Some(Frame::Error(r.frame(None))),
+                        _ => None,
+                    }
+                }))
+            }
+            Some(req) => {
+                let rx = self.ask(|reply| Input::Publish { topic, event: p.event, acked: true, reply: Some(reply) }).await;
+                Some(later(Some(req), rx, move |()| Some(Frame::PublishAck { req, event: id })))
+            }
+        }
+    }
+}
+
+/// Writes answers in request order, batching those already available into one write.
+async fn write_answers(mut w: FrameWriter, mut rx: mpsc::Receiver<Answer>) {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(answer) = next.take() {
+            if let Some(frame) = answer.await {
+                if let Err(e) = w.push(&frame) {
+                    debug!(error = %e, "answer not encoded");
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.finish().await;
+}
+
+fn name(f: &Frame) -> String {
+    let debug = format!("{f:?}");
+    debug.split(['(', ' ', '{']).next().unwrap_or("a frame").to_owned()
+}

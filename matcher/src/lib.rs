@@ -1,0 +1,133 @@
+//! `sift-matcher`: a matcher node. The QUIC server around the matching engine: clients
+//! subscribe, unsubscribe, renew, replace filters and publish on request streams; each
+//! subscription's notifications flow on a stream the server opens; the node registers with
+//! the coordinator, heartbeats and follows the ring.
+//!
+//! Tasks: one core task owns the engine and all delivery state ([`core`]); one task per
+//! request stream parses and validates ([`conn`]); one task per subscription writes its
+//! notifications ([`notify`]); one task keeps the coordinator link ([`link`]).
+
+mod config;
+mod conn;
+mod core;
+mod link;
+mod notify;
+mod queue;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use sift_protocol::frame::{Ring, RingMember};
+use sift_protocol::net::{client_endpoint, server_endpoint};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, Instrument};
+
+pub use crate::config::{MatcherConfig, SlowConsumer};
+pub use crate::core::MatcherStats;
+
+/// Bound of the queue into the core task.
+const CORE_QUEUE_LEN_MAX: usize = 4096;
+
+/// A running matcher.
+pub struct Matcher {
+    endpoint: quinn::Endpoint,
+    me: RingMember,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Matcher {
+    /// Starts a matcher: `tls` for its server side, and `coordinator_tls` to reach the
+    /// coordinator when `config.coordinator` is set.
+    pub fn start(
+        config: MatcherConfig,
+        tls: quinn::ServerConfig,
+        coordinator_tls: Option<quinn::ClientConfig>,
+    ) -> std::io::Result<Matcher> {
+        let endpoint = server_endpoint(config.listen, tls)?;
+        let local = endpoint.local_addr()?;
+        let addr = config.advertise.clone().unwrap_or_else(|| advertised(local));
+        let me = RingMember { id: config.id.clone(), addr, weight: config.weight };
+        // Standalone, a matcher owns everything; with a coordinator it waits for the ring.
+        let ring = match config.coordinator {
+            None => Ring { version: 1, members: vec![me.clone()] },
+            Some(_) => Ring { version: 0, members: vec![] },
+        };
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_LEN_MAX);
+        let core = crate::core::Core::new(me.clone(), config.clone(), ring);
+        let span = tracing::info_span!("matcher", id = %me.id);
+        tasks.spawn(core.run(core_rx, cancel.clone()).instrument(span.clone()));
+        if let (Some((addr, name)), Some(tls)) = (config.coordinator.clone(), coordinator_tls) {
+            let link = link::Link {
+                endpoint: client_endpoint(tls)?,
+                coordinator: addr,
+                server_name: name,
+                me: me.clone(),
+                heartbeat: config.heartbeat_interval,
+                max_frame_bytes: config.limits.frame_bytes_max,
+                core: core_tx.clone(),
+            };
+            tasks.spawn(link.run(cancel.clone()).instrument(span.clone()));
+        }
+        let shared = Arc::new(conn::Shared {
+            core: core_tx,
+            config,
+            cancel: cancel.clone(),
+            tasks: tasks.clone(),
+            next_conn: AtomicU64::new(1),
+        });
+        tasks.spawn(accept(endpoint.clone(), shared).instrument(span));
+        info!(addr = %local, id = %me.id, "matcher listening");
+        Ok(Matcher { endpoint, me, cancel, tasks })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Its identity, address and weight in the ring.
+    pub fn member(&self) -> &RingMember {
+        &self.me
+    }
+
+    /// Stops: ends every subscription stream, closes connections, waits for the tasks.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// The address to advertise for a socket bound to `local` (an unspecified IP becomes
+/// loopback, for local setups).
+fn advertised(local: SocketAddr) -> String {
+    let ip = if local.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { local.ip() };
+    SocketAddr::new(ip, local.port()).to_string()
+}
+
+async fn accept(endpoint: quinn::Endpoint, shared: Arc<conn::Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            match incoming.await {
+                Ok(conn) => {
+                    let span = tracing::info_span!("conn", peer = %conn.remote_address());
+                    conn::serve(conn, shared2).instrument(span).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+            }
+        });
+    }
+}

@@ -1,0 +1,110 @@
+//! The matcher's link to the coordinator: register, heartbeat on the same stream, watch the
+//! ring on another, and start over with backoff when anything fails. While the coordinator is
+//! unreachable the matcher keeps serving with the ring it has.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sift_protocol::frame::{ErrorCode, Frame, RingMember};
+use sift_protocol::net::{FrameReader, FrameWriter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::core::Input;
+
+/// First and largest pause between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub(crate) struct Link {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) coordinator: SocketAddr,
+    pub(crate) server_name: String,
+    pub(crate) me: RingMember,
+    pub(crate) heartbeat: Duration,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) core: mpsc::Sender<Input>,
+}
+
+/// Why one session with the coordinator ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("{0}")]
+    Net(#[from] sift_protocol::net::NetError),
+    #[error("coordinator refused: {0}")]
+    Refused(String),
+    #[error("the coordinator closed the stream")]
+    Closed,
+}
+
+impl Link {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.session() => r,
+            };
+            match result {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) => warn!(error = %e, "coordinator link lost; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn open(&self, conn: &quinn::Connection) -> Result<(FrameWriter, FrameReader), LinkError> {
+        let (send, recv) = conn.open_bi().await?;
+        Ok((FrameWriter::new(send, self.max_frame_bytes), FrameReader::new(recv, self.max_frame_bytes)))
+    }
+
+    async fn session(&self) -> Result<(), LinkError> {
+        let conn = self.endpoint.connect(self.coordinator, &self.server_name)?.await?;
+        let (mut reg_w, mut reg_r) = self.open(&conn).await?;
+        reg_w.send(&Frame::Register { req: 1, member: self.me.clone() }).await?;
+        match reg_r.next().await? {
+            Some(Frame::Ring { ring, .. }) => {
+                let _ = self.core.send(Input::Ring(ring)).await;
+            }
+            Some(Frame::Error(e)) => return Err(LinkError::Refused(e.message)),
+            _ => return Err(LinkError::Closed),
+        }
+        info!(coordinator = %self.coordinator, id = %self.me.id, "registered");
+        let (mut watch_w, mut watch_r) = self.open(&conn).await?;
+        watch_w.send(&Frame::Watch { req: 2 }).await?;
+        let mut ticker = tokio::time::interval(self.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut req = 3;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    reg_w.send(&Frame::Heartbeat { req, node: self.me.id.clone() }).await?;
+                    req += 1;
+                }
+                answer = reg_r.next() => match answer? {
+                    Some(Frame::Ok { .. }) => {}
+                    // Declared dead meanwhile: register again from scratch.
+                    Some(Frame::Error(e)) if e.code == ErrorCode::UnknownNode => return Err(LinkError::Refused(e.message)),
+                    Some(other) => warn!(frame = ?other, "unexpected answer to a heartbeat"),
+                    None => return Err(LinkError::Closed),
+                },
+                ring = watch_r.next() => match ring? {
+                    Some(Frame::Ring { ring, .. }) => {
+                        let _ = self.core.send(Input::Ring(ring)).await;
+                    }
+                    Some(_) => {}
+                    None => return Err(LinkError::Closed),
+                },
+            }
+        }
+    }
+}
