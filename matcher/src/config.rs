@@ -84,6 +84,10 @@ impl Default for MatcherConfig {
 impl MatcherConfig {
     /// Defaults for a matcher on loopback with an OS-chosen port, for tests.
     pub fn for_test(id: &str) -> MatcherConfig {
-        MatcherConfig { id: id.into(), listen: ([127, 0, 0, 1], 0).into(), ..MatcherConfig::default() }
+        MatcherConfig {
+            id: id.into(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..MatcherConfig::default()
+        }
     }
 }

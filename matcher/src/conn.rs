@@ -40,7 +40,12 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => break,
             s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
         };
-        let stream = RequestStream { conn: conn.clone(), id, shared: shared.clone(), authed: authed.clone() };
+        let stream = RequestStream {
+            conn: conn.clone(),
+            id,
+            shared: shared.clone(),
+            authed: authed.clone(),
+        };
         shared.tasks.spawn(stream.serve(send, recv));
     }
     // Its subscriptions cannot be delivered any more.
@@ -55,7 +60,12 @@ struct RequestStream {
 }
 
 fn error(req: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Frame {
-    Frame::Error(ErrorFrame { req, code, message: message.into(), ring_version: None })
+    Frame::Error(ErrorFrame {
+        req,
+        code,
+        message: message.into(),
+        ring_version: None,
+    })
 }
 
 fn now(frame: Frame) -> Answer {
@@ -72,7 +82,11 @@ fn later<T: Send + 'static>(
         match rx.await {
             Ok(Ok(v)) => ok(v),
             Ok(Err(refusal)) => Some(Frame::Error(refusal.frame(req))),
-            Err(_) => Some(error(req, ErrorCode::ShuttingDown, "the matcher is stopping")),
+            Err(_) => Some(error(
+                req,
+                ErrorCode::ShuttingDown,
+                "the matcher is stopping",
+            )),
         }
     })
 }
@@ -123,7 +137,12 @@ impl RequestStream {
 
     async fn handle(&self, frame: Frame) -> Option<Answer> {
         if let Frame::Hello { req, token } = &frame {
-            let ok = self.shared.config.token.as_ref().is_none_or(|t| Some(t) == token.as_ref());
+            let ok = self
+                .shared
+                .config
+                .token
+                .as_ref()
+                .is_none_or(|t| Some(t) == token.as_ref());
             if ok {
                 self.authed.store(true, Ordering::Relaxed);
                 return Some(now(Frame::Ok { req: *req }));
@@ -132,7 +151,11 @@ impl RequestStream {
             return None;
         }
         if !self.authed.load(Ordering::Relaxed) {
-            let answer = error(None, ErrorCode::Unauthorized, "send Hello with the token first");
+            let answer = error(
+                None,
+                ErrorCode::Unauthorized,
+                "send Hello with the token first",
+            );
             return Some(now(answer));
         }
         let conn = self.id;
@@ -144,40 +167,104 @@ impl RequestStream {
                     Ok(new) => new,
                     Err(r) => return Some(now(Frame::Error(r.frame(req)))),
                 };
-                let rx = self.ask(|reply| Input::Subscribe { conn, sub: new, reply }).await;
+                let rx = self
+                    .ask(|reply| Input::Subscribe {
+                        conn,
+                        sub: new,
+                        reply,
+                    })
+                    .await;
                 let (quic, sub, shared) = (self.conn.clone(), s.id, self.shared.clone());
                 later(req, rx, move |(expires_in_ms, queue)| {
                     let max = shared.config.limits.frame_bytes_max;
-                    shared.tasks.spawn(crate::notify::run(quic, sub, queue, max, shared.cancel.clone()));
-                    Some(Frame::Subscribed { req: s.req, sub, expires_in_ms })
+                    shared.tasks.spawn(crate::notify::run(
+                        quic,
+                        sub,
+                        queue,
+                        max,
+                        shared.cancel.clone(),
+                    ));
+                    Some(Frame::Subscribed {
+                        req: s.req,
+                        sub,
+                        expires_in_ms,
+                    })
                 })
             }
             Frame::Unsubscribe { req, sub } => {
-                let rx = self.ask(|reply| Input::Unsubscribe { conn, id: sub, reply }).await;
+                let rx = self
+                    .ask(|reply| Input::Unsubscribe {
+                        conn,
+                        id: sub,
+                        reply,
+                    })
+                    .await;
                 later(Some(req), rx, move |()| Some(Frame::Ok { req }))
             }
             Frame::Renew { req, sub } => {
-                let rx = self.ask(|reply| Input::Renew { conn, id: sub, reply }).await;
-                later(Some(req), rx, move |expires_in_ms| Some(Frame::Subscribed { req, sub, expires_in_ms }))
+                let rx = self
+                    .ask(|reply| Input::Renew {
+                        conn,
+                        id: sub,
+                        reply,
+                    })
+                    .await;
+                later(Some(req), rx, move |expires_in_ms| {
+                    Some(Frame::Subscribed {
+                        req,
+                        sub,
+                        expires_in_ms,
+                    })
+                })
             }
             Frame::SetFilter { req, sub, filter } => {
                 let filter = match Filter::parse(&filter) {
                     Ok(f) => f,
-                    Err(e) => return Some(now(error(Some(req), ErrorCode::InvalidFilter, e.to_string()))),
+                    Err(e) => {
+                        return Some(now(error(
+                            Some(req),
+                            ErrorCode::InvalidFilter,
+                            e.to_string(),
+                        )))
+                    }
                 };
-                let rx = self.ask(|reply| Input::SetFilter { conn, id: sub, filter, reply }).await;
+                let rx = self
+                    .ask(|reply| Input::SetFilter {
+                        conn,
+                        id: sub,
+                        filter,
+                        reply,
+                    })
+                    .await;
                 later(Some(req), rx, move |()| Some(Frame::Ok { req }))
             }
             Frame::Ack { sub, delivery } => {
-                let _ = self.shared.core.send(Input::Ack { conn, id: sub, delivery }).await;
+                let _ = self
+                    .shared
+                    .core
+                    .send(Input::Ack {
+                        conn,
+                        id: sub,
+                        delivery,
+                    })
+                    .await;
                 return None;
             }
             Frame::RingFetch { req } => {
                 let (tx, rx) = oneshot::channel();
                 let _ = self.shared.core.send(Input::RingNow { reply: tx }).await;
-                Box::pin(async move { Some(Frame::Ring { req: Some(req), ring: rx.await.ok()? }) })
+                Box::pin(async move {
+                    Some(Frame::Ring {
+                        req: Some(req),
+                        ring: rx.await.ok()?,
+                    })
+                })
             }
-            other => now(error(None, ErrorCode::Malformed, format!("a matcher does not serve {}", name(&other)))),
+            other => now(error(
+                None,
+                ErrorCode::Malformed,
+                format!("a matcher does not serve {}", name(&other)),
+            )),
         })
     }
 
@@ -198,7 +285,12 @@ impl RequestStream {
             None => {
                 // Fire and forget: only a refusal (e.g. not the owner) is answered.
                 let (tx, rx) = oneshot::channel();
-                let input = Input::Publish { topic, event: p.event, acked: false, reply: Some(tx) };
+                let input = Input::Publish {
+                    topic,
+                    event: p.event,
+                    acked: false,
+                    reply: Some(tx),
+                };
                 let _ = self.shared.core.send(input).await;
                 Some(Box::pin(async move {
                     match rx.await {
@@ -208,8 +300,17 @@ impl RequestStream {
                 }))
             }
             Some(req) => {
-                let rx = self.ask(|reply| Input::Publish { topic, event: p.event, acked: true, reply: Some(reply) }).await;
-                Some(later(Some(req), rx, move |()| Some(Frame::PublishAck { req, event: id })))
+                let rx = self
+                    .ask(|reply| Input::Publish {
+                        topic,
+                        event: p.event,
+                        acked: true,
+                        reply: Some(reply),
+                    })
+                    .await;
+                Some(later(Some(req), rx, move |()| {
+                    Some(Frame::PublishAck { req, event: id })
+                }))
             }
         }
     }
@@ -236,5 +337,9 @@ async fn write_answers(mut w: FrameWriter, mut rx: mpsc::Receiver<Answer>) {
 
 fn name(f: &Frame) -> String {
     let debug = format!("{f:?}");
-    debug.split(['(', ' ', '{']).next().unwrap_or("a frame").to_owned()
+    debug
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("a frame")
+        .to_owned()
 }

@@ -34,11 +34,20 @@ pub(crate) struct Refusal {
 
 impl Refusal {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), ring_version: None }
+        Refusal {
+            code,
+            message: message.into(),
+            ring_version: None,
+        }
     }
 
     pub(crate) fn frame(self, req: Option<u64>) -> ErrorFrame {
-        ErrorFrame { req, code: self.code, message: self.message, ring_version: self.ring_version }
+        ErrorFrame {
+            req,
+            code: self.code,
+            message: self.message,
+            ring_version: self.ring_version,
+        }
     }
 }
 
@@ -49,14 +58,40 @@ pub(crate) enum Input {
         sub: NewSubscription,
         reply: oneshot::Sender<Result<(u64, Arc<DeliveryQueue>), Refusal>>,
     },
-    Unsubscribe { conn: ConnId, id: SubscriptionId, reply: oneshot::Sender<Result<(), Refusal>> },
-    Renew { conn: ConnId, id: SubscriptionId, reply: oneshot::Sender<Result<u64, Refusal>> },
-    SetFilter { conn: ConnId, id: SubscriptionId, filter: Filter, reply: oneshot::Sender<Result<(), Refusal>> },
-    Publish { topic: Topic, event: Event, acked: bool, reply: Option<oneshot::Sender<Result<(), Refusal>>> },
-    Ack { conn: ConnId, id: SubscriptionId, delivery: u64 },
-    Closed { conn: ConnId },
+    Unsubscribe {
+        conn: ConnId,
+        id: SubscriptionId,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Renew {
+        conn: ConnId,
+        id: SubscriptionId,
+        reply: oneshot::Sender<Result<u64, Refusal>>,
+    },
+    SetFilter {
+        conn: ConnId,
+        id: SubscriptionId,
+        filter: Filter,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Publish {
+        topic: Topic,
+        event: Event,
+        acked: bool,
+        reply: Option<oneshot::Sender<Result<(), Refusal>>>,
+    },
+    Ack {
+        conn: ConnId,
+        id: SubscriptionId,
+        delivery: u64,
+    },
+    Closed {
+        conn: ConnId,
+    },
     Ring(Ring),
-    RingNow { reply: oneshot::Sender<Ring> },
+    RingNow {
+        reply: oneshot::Sender<Ring>,
+    },
 }
 
 struct Alo {
@@ -111,7 +146,10 @@ const REDELIVERY_SCAN: Duration = Duration::from_millis(50);
 impl Core {
     pub(crate) fn new(me: RingMember, config: MatcherConfig, ring: Ring) -> Core {
         let dedup = DedupWindow::new(config.dedup_window.as_millis() as u64, config.dedup_ids_max);
-        let engine = Engine::new(EngineConfig { subscriptions_max: config.subscriptions_max, ..EngineConfig::default() });
+        let engine = Engine::new(EngineConfig {
+            subscriptions_max: config.subscriptions_max,
+            ..EngineConfig::default()
+        });
         Core {
             me,
             placement: Placement::new(&ring),
@@ -136,14 +174,22 @@ impl Core {
     }
 
     fn owns(&self, topic: &str) -> bool {
-        self.placement.owner(topic).is_some_and(|m| m.id == self.me.id)
+        self.placement
+            .owner(topic)
+            .is_some_and(|m| m.id == self.me.id)
     }
 
     fn not_owner(&self, topic: &str) -> Refusal {
-        let owner = self.placement.owner(topic).map_or("nobody (empty ring)".into(), |m| m.id.clone());
+        let owner = self
+            .placement
+            .owner(topic)
+            .map_or("nobody (empty ring)".into(), |m| m.id.clone());
         Refusal {
             code: ErrorCode::NotOwner,
-            message: format!("topic {topic:?} belongs to {owner} at ring version {}", self.placement.version()),
+            message: format!(
+                "topic {topic:?} belongs to {owner} at ring version {}",
+                self.placement.version()
+            ),
             ring_version: Some(self.placement.version()),
         }
     }
@@ -167,8 +213,14 @@ impl Core {
     }
 
     fn next_wakeup(&self) -> Instant {
-        let engine = self.engine.next_deadline().map(|t| self.start + Duration::from_millis(t.0));
-        let alo = self.subs.values().any(|s| s.alo.as_ref().is_some_and(|a| !a.window.is_empty()));
+        let engine = self
+            .engine
+            .next_deadline()
+            .map(|t| self.start + Duration::from_millis(t.0));
+        let alo = self
+            .subs
+            .values()
+            .any(|s| s.alo.as_ref().is_some_and(|a| !a.window.is_empty()));
         let scan = alo.then(|| Instant::now() + REDELIVERY_SCAN);
         let far = Instant::now() + Duration::from_secs(3600);
         engine.into_iter().chain(scan).min().unwrap_or(far)
@@ -189,7 +241,11 @@ impl Core {
         for (id, sub) in self.subs.iter_mut() {
             let Some(alo) = &mut sub.alo else { continue };
             for due in alo.window.due(now) {
-                let item = Item::Notify { delivery: due.delivery, redelivered: true, event: due.item.clone() };
+                let item = Item::Notify {
+                    delivery: due.delivery,
+                    redelivered: true,
+                    event: due.item.clone(),
+                };
                 if sub.queue.push(item, false) == Pushed::Refused {
                     debug!(sub = %id, "redelivery refused by a full queue");
                 }
@@ -216,23 +272,41 @@ impl Core {
                 let _ = reply.send(self.subscribe(conn, sub));
             }
             Input::Unsubscribe { conn, id, reply } => {
-                let _ = reply.send(self.own(conn, id).map(|_| self.forget(id, EndReason::Unsubscribed)));
+                let _ = reply.send(
+                    self.own(conn, id)
+                        .map(|_| self.forget(id, EndReason::Unsubscribed)),
+                );
             }
             Input::Renew { conn, id, reply } => {
                 let now = self.now();
                 let result = self.own(conn, id).and_then(|_| {
-                    let deadline = self.engine.renew(now, id).map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+                    let deadline = self
+                        .engine
+                        .renew(now, id)
+                        .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
                     Ok(deadline.0.saturating_sub(now.0))
                 });
                 let _ = reply.send(result);
             }
-            Input::SetFilter { conn, id, filter, reply } => {
+            Input::SetFilter {
+                conn,
+                id,
+                filter,
+                reply,
+            } => {
                 let result = self.own(conn, id).and_then(|_| {
-                    self.engine.set_filter(id, &filter).map_err(|e: SetFilterError| Refusal::new(e.code(), e.to_string()))
+                    self.engine
+                        .set_filter(id, &filter)
+                        .map_err(|e: SetFilterError| Refusal::new(e.code(), e.to_string()))
                 });
                 let _ = reply.send(result);
             }
-            Input::Publish { topic, event, acked, reply } => {
+            Input::Publish {
+                topic,
+                event,
+                acked,
+                reply,
+            } => {
                 let result = self.publish(&topic, event, acked);
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
@@ -246,7 +320,10 @@ impl Core {
             }
             Input::Ring(ring) => self.ring_changed(ring),
             Input::RingNow { reply } => {
-                let ring = Ring { version: self.placement.version(), members: self.placement.members().to_vec() };
+                let ring = Ring {
+                    version: self.placement.version(),
+                    members: self.placement.members().to_vec(),
+                };
                 let _ = reply.send(ring);
             }
         }
@@ -256,18 +333,29 @@ impl Core {
     fn own(&self, conn: ConnId, id: SubscriptionId) -> Result<(), Refusal> {
         match self.subs.get(&id) {
             Some(s) if s.conn == conn => Ok(()),
-            _ => Err(Refusal::new(ErrorCode::UnknownSubscription, format!("unknown subscription {id}"))),
+            _ => Err(Refusal::new(
+                ErrorCode::UnknownSubscription,
+                format!("unknown subscription {id}"),
+            )),
         }
     }
 
-    fn subscribe(&mut self, conn: ConnId, sub: NewSubscription) -> Result<(u64, Arc<DeliveryQueue>), Refusal> {
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        sub: NewSubscription,
+    ) -> Result<(u64, Arc<DeliveryQueue>), Refusal> {
         let topic = sub.pattern.as_topic();
         match &topic {
             Some(t) if !self.owns(t) => return Err(self.not_owner(t)),
             None if !self.in_ring() => {
                 return Err(Refusal {
                     code: ErrorCode::NotOwner,
-                    message: format!("{} is not in the ring at version {}", self.me.id, self.placement.version()),
+                    message: format!(
+                        "{} is not in the ring at version {}",
+                        self.me.id,
+                        self.placement.version()
+                    ),
                     ring_version: Some(self.placement.version()),
                 })
             }
@@ -276,19 +364,36 @@ impl Core {
         let per_conn = self.conns.get(&conn).map_or(0, HashSet::len);
         if per_conn >= self.config.subscriptions_per_connection_max {
             let max = self.config.subscriptions_per_connection_max;
-            return Err(Refusal::new(ErrorCode::TooManySubscriptions, format!("at most {max} subscriptions per connection")));
+            return Err(Refusal::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max} subscriptions per connection"),
+            ));
         }
         let (id, mode) = (sub.id, sub.mode);
         let now = self.now();
-        self.engine.subscribe(now, sub).map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        self.engine
+            .subscribe(now, sub)
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         let deadline = self.engine.get(id).map_or(now, |i| i.deadline);
         let queue = DeliveryQueue::new(self.config.queue_len_max);
         let alo = (mode == DeliveryMode::AtLeastOnce).then(|| Alo {
-            window: AckWindow::new(self.config.redelivery_window, self.config.ack_timeout.as_millis() as u64),
+            window: AckWindow::new(
+                self.config.redelivery_window,
+                self.config.ack_timeout.as_millis() as u64,
+            ),
             backlog: VecDeque::new(),
         });
         let topic = topic.map(|t| t.as_str().into());
-        self.subs.insert(id, Sub { conn, queue: queue.clone(), topic, next_delivery: 1, alo });
+        self.subs.insert(
+            id,
+            Sub {
+                conn,
+                queue: queue.clone(),
+                topic,
+                next_delivery: 1,
+                alo,
+            },
+        );
         self.conns.entry(conn).or_default().insert(id);
         Ok((deadline.0.saturating_sub(now.0), queue))
     }
@@ -305,10 +410,12 @@ impl Core {
         self.stats.published += 1;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.engine.match_event(now, topic, &event.attrs, &mut matches);
+        self.engine
+            .match_event(now, topic, &event.attrs, &mut matches);
         if !matches.is_empty() {
-            let encoded = EncodedEvent::new(&event)
-                .map_err(|e| Refusal::new(ErrorCode::Internal, format!("cannot encode the event: {e}")))?;
+            let encoded = EncodedEvent::new(&event).map_err(|e| {
+                Refusal::new(ErrorCode::Internal, format!("cannot encode the event: {e}"))
+            })?;
             let encoded = Arc::new(encoded);
             for m in &matches {
                 self.deliver(now, m.id, &encoded);
@@ -319,15 +426,22 @@ impl Core {
     }
 
     fn deliver(&mut self, now: Timestamp, id: SubscriptionId, event: &Arc<EncodedEvent>) {
-        let Some(sub) = self.subs.get_mut(&id) else { return };
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
         let drop_oldest = self.config.slow_consumer == SlowConsumer::DropOldest;
         let pushed = match &mut sub.alo {
             Some(alo) => {
                 if alo.backlog.is_empty() && !alo.window.is_full() {
                     match alo.window.offer(now, event.clone()) {
-                        Ok(delivery) => {
-                            sub.queue.push(Item::Notify { delivery, redelivered: false, event: event.clone() }, false)
-                        }
+                        Ok(delivery) => sub.queue.push(
+                            Item::Notify {
+                                delivery,
+                                redelivered: false,
+                                event: event.clone(),
+                            },
+                            false,
+                        ),
                         Err(e) => {
                             alo.backlog.push_back(e);
                             Pushed::Queued
@@ -344,7 +458,14 @@ impl Core {
             None => {
                 let delivery = sub.next_delivery;
                 sub.next_delivery += 1;
-                sub.queue.push(Item::Notify { delivery, redelivered: false, event: event.clone() }, drop_oldest)
+                sub.queue.push(
+                    Item::Notify {
+                        delivery,
+                        redelivered: false,
+                        event: event.clone(),
+                    },
+                    drop_oldest,
+                )
             }
         };
         match pushed {
@@ -363,7 +484,9 @@ impl Core {
 
     fn ack(&mut self, conn: ConnId, id: SubscriptionId, delivery: u64) {
         let now = self.now();
-        let Some(sub) = self.subs.get_mut(&id) else { return };
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
         if sub.conn != conn {
             return;
         }
@@ -373,10 +496,19 @@ impl Core {
         }
         // Room in the window: send what waited.
         while !alo.window.is_full() {
-            let Some(event) = alo.backlog.pop_front() else { break };
+            let Some(event) = alo.backlog.pop_front() else {
+                break;
+            };
             match alo.window.offer(now, event.clone()) {
                 Ok(delivery) => {
-                    sub.queue.push(Item::Notify { delivery, redelivered: false, event }, false);
+                    sub.queue.push(
+                        Item::Notify {
+                            delivery,
+                            redelivered: false,
+                            event,
+                        },
+                        false,
+                    );
                 }
                 Err(e) => {
                     alo.backlog.push_front(e);
@@ -404,7 +536,12 @@ impl Core {
             })
             .map(|(id, _)| *id)
             .collect();
-        info!(version = ring.version, members = ring.members.len(), moved = moved.len(), "ring changed");
+        info!(
+            version = ring.version,
+            members = ring.members.len(),
+            moved = moved.len(),
+            "ring changed"
+        );
         for id in moved {
             self.forget(id, EndReason::Moved);
         }
@@ -412,8 +549,19 @@ impl Core {
 }
 
 /// Parses a subscription request into the engine's terms; typed refusals for bad input.
-pub(crate) fn parse_subscribe(s: &sift_protocol::frame::Subscribe) -> Result<NewSubscription, Refusal> {
-    let pattern = Pattern::parse(&s.pattern).map_err(|e| Refusal::new(ErrorCode::InvalidTopic, e.to_string()))?;
-    let filter = Filter::parse(&s.filter).map_err(|e| Refusal::new(ErrorCode::InvalidFilter, e.to_string()))?;
-    Ok(NewSubscription { id: s.id, pattern, filter, expiry: s.expiry, group: s.group.clone(), mode: s.mode })
+pub(crate) fn parse_subscribe(
+    s: &sift_protocol::frame::Subscribe,
+) -> Result<NewSubscription, Refusal> {
+    let pattern = Pattern::parse(&s.pattern)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidTopic, e.to_string()))?;
+    let filter = Filter::parse(&s.filter)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidFilter, e.to_string()))?;
+    Ok(NewSubscription {
+        id: s.id,
+        pattern,
+        filter,
+        expiry: s.expiry,
+        group: s.group.clone(),
+        mode: s.mode,
+    })
 }

@@ -49,12 +49,25 @@ impl Matcher {
     ) -> std::io::Result<Matcher> {
         let endpoint = server_endpoint(config.listen, tls)?;
         let local = endpoint.local_addr()?;
-        let addr = config.advertise.clone().unwrap_or_else(|| advertised(local));
-        let me = RingMember { id: config.id.clone(), addr, weight: config.weight };
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| advertised(local));
+        let me = RingMember {
+            id: config.id.clone(),
+            addr,
+            weight: config.weight,
+        };
         // Standalone, a matcher owns everything; with a coordinator it waits for the ring.
         let ring = match config.coordinator {
-            None => Ring { version: 1, members: vec![me.clone()] },
-            Some(_) => Ring { version: 0, members: vec![] },
+            None => Ring {
+                version: 1,
+                members: vec![me.clone()],
+            },
+            Some(_) => Ring {
+                version: 0,
+                members: vec![],
+            },
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -83,7 +96,12 @@ impl Matcher {
         });
         tasks.spawn(accept(endpoint.clone(), shared).instrument(span));
         info!(addr = %local, id = %me.id, "matcher listening");
-        Ok(Matcher { endpoint, me, cancel, tasks })
+        Ok(Matcher {
+            endpoint,
+            me,
+            cancel,
+            tasks,
+        })
     }
 
     /// The address it listens on.
@@ -109,7 +127,11 @@ impl Matcher {
 /// The address to advertise for a socket bound to `local` (an unspecified IP becomes
 /// loopback, for local setups).
 fn advertised(local: SocketAddr) -> String {
-    let ip = if local.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { local.ip() };
+    let ip = if local.ip().is_unspecified() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        local.ip()
+    };
     SocketAddr::new(ip, local.port()).to_string()
 }
 

@@ -62,15 +62,29 @@ impl Link {
         }
     }
 
-    async fn open(&self, conn: &quinn::Connection) -> Result<(FrameWriter, FrameReader), LinkError> {
+    async fn open(
+        &self,
+        conn: &quinn::Connection,
+    ) -> Result<(FrameWriter, FrameReader), LinkError> {
         let (send, recv) = conn.open_bi().await?;
-        Ok((FrameWriter::new(send, self.max_frame_bytes), FrameReader::new(recv, self.max_frame_bytes)))
+        Ok((
+            FrameWriter::new(send, self.max_frame_bytes),
+            FrameReader::new(recv, self.max_frame_bytes),
+        ))
     }
 
     async fn session(&self) -> Result<(), LinkError> {
-        let conn = self.endpoint.connect(self.coordinator, &self.server_name)?.await?;
+        let conn = self
+            .endpoint
+            .connect(self.coordinator, &self.server_name)?
+            .await?;
         let (mut reg_w, mut reg_r) = self.open(&conn).await?;
-        reg_w.send(&Frame::Register { req: 1, member: self.me.clone() }).await?;
+        reg_w
+            .send(&Frame::Register {
+                req: 1,
+                member: self.me.clone(),
+            })
+            .await?;
         match reg_r.next().await? {
             Some(Frame::Ring { ring, .. }) => {
                 let _ = self.core.send(Input::Ring(ring)).await;

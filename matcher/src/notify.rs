@@ -39,7 +39,11 @@ pub(crate) async fn run(
         let mut ended = false;
         for item in items.drain(..) {
             let pushed = match item {
-                Item::Notify { delivery, redelivered, event } => w.push_notify(sub, delivery, redelivered, &event),
+                Item::Notify {
+                    delivery,
+                    redelivered,
+                    event,
+                } => w.push_notify(sub, delivery, redelivered, &event),
                 Item::End(reason) => {
                     ended = true;
                     w.push(&Frame::Ended { sub, reason })

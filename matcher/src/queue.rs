@@ -12,7 +12,11 @@ use tokio::sync::Notify;
 /// One item for the notification stream.
 #[derive(Debug)]
 pub(crate) enum Item {
-    Notify { delivery: u64, redelivered: bool, event: Arc<EncodedEvent> },
+    Notify {
+        delivery: u64,
+        redelivered: bool,
+        event: Arc<EncodedEvent>,
+    },
     End(EndReason),
 }
 
@@ -41,7 +45,11 @@ pub(crate) struct DeliveryQueue {
 
 impl DeliveryQueue {
     pub(crate) fn new(cap: usize) -> Arc<DeliveryQueue> {
-        Arc::new(DeliveryQueue { state: Mutex::new(State::default()), ready: Notify::new(), cap: cap.max(1) })
+        Arc::new(DeliveryQueue {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            cap: cap.max(1),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

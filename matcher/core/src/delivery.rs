@@ -36,7 +36,12 @@ pub struct Due<'a, T> {
 impl<T> AckWindow<T> {
     /// An empty window of `max` deliveries (at least 1) redelivered after `ack_timeout_ms`.
     pub fn new(max: usize, ack_timeout_ms: u64) -> AckWindow<T> {
-        AckWindow { next: 1, max: max.max(1), ack_timeout_ms, unacked: BTreeMap::new() }
+        AckWindow {
+            next: 1,
+            max: max.max(1),
+            ack_timeout_ms,
+            unacked: BTreeMap::new(),
+        }
     }
 
     /// Deliveries waiting for an ack.
@@ -62,7 +67,8 @@ impl<T> AckWindow<T> {
         }
         let delivery = self.next;
         self.next += 1;
-        self.unacked.insert(delivery, (item, now.0 + self.ack_timeout_ms, 1));
+        self.unacked
+            .insert(delivery, (item, now.0 + self.ack_timeout_ms, 1));
         Ok(delivery)
     }
 
@@ -81,7 +87,11 @@ impl<T> AckWindow<T> {
             if *due <= now.0 {
                 *due = now.0 + timeout;
                 *sent += 1;
-                out.push(Due { delivery, item: &*item, redelivered: true });
+                out.push(Due {
+                    delivery,
+                    item: &*item,
+                    redelivered: true,
+                });
             }
         }
         out
@@ -89,7 +99,10 @@ impl<T> AckWindow<T> {
 
     /// When the next redelivery falls due.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.unacked.values().map(|(_, due, _)| Timestamp(*due)).min()
+        self.unacked
+            .values()
+            .map(|(_, due, _)| Timestamp(*due))
+            .min()
     }
 }
 
@@ -105,7 +118,12 @@ pub struct DedupWindow<K> {
 impl<K: Hash + Eq + Clone> DedupWindow<K> {
     /// A window remembering ids for `ttl_ms`, at most `max` of them.
     pub fn new(ttl_ms: u64, max: usize) -> DedupWindow<K> {
-        DedupWindow { seen: HashSet::new(), order: VecDeque::new(), ttl_ms, max: max.max(1) }
+        DedupWindow {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            ttl_ms,
+            max: max.max(1),
+        }
     }
 
     /// Records `id` at `now`; returns true the first time, false for a repeat in the window.
@@ -158,12 +176,23 @@ mod tests {
         assert_eq!(w.offer(Timestamp(20), "c"), Err("c"), "the window is full");
         assert_eq!(w.next_deadline(), Some(Timestamp(100)));
         assert!(w.due(Timestamp(99)).is_empty());
-        assert_eq!(w.due(Timestamp(100)), vec![Due { delivery: 1, item: &"a", redelivered: true }]);
+        assert_eq!(
+            w.due(Timestamp(100)),
+            vec![Due {
+                delivery: 1,
+                item: &"a",
+                redelivered: true
+            }]
+        );
         assert!(w.ack(2));
         assert!(!w.ack(2), "a repeated ack is ignored");
         assert!(!w.ack(77));
         assert_eq!(w.offer(Timestamp(150), "c"), Ok(3));
-        let due: Vec<u64> = w.due(Timestamp(250)).into_iter().map(|d| d.delivery).collect();
+        let due: Vec<u64> = w
+            .due(Timestamp(250))
+            .into_iter()
+            .map(|d| d.delivery)
+            .collect();
         assert_eq!(due, vec![1, 3]);
         assert!(w.ack(1) && w.ack(3));
         assert!(w.is_empty() && w.next_deadline().is_none());

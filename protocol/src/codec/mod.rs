@@ -113,7 +113,9 @@ pub struct EncodedEvent {
 impl EncodedEvent {
     /// Encodes `event`.
     pub fn new(event: &crate::event::Event) -> Result<EncodedEvent, EncodeError> {
-        Ok(EncodedEvent { bytes: rmp_serde::to_vec(event)?.into() })
+        Ok(EncodedEvent {
+            bytes: rmp_serde::to_vec(event)?.into(),
+        })
     }
 
     /// Bytes of the encoded event.
@@ -151,13 +153,19 @@ pub fn encode_notify(
         .and_then(|_| rmp::encode::write_bool(out, redelivered).map_err(|_| unreachable_write()));
     if body.is_err() {
         out.truncate(start);
-        return Err(EncodeError::TooLarge { len: 0, max: max_bytes });
+        return Err(EncodeError::TooLarge {
+            len: 0,
+            max: max_bytes,
+        });
     }
     out.extend_from_slice(&event.bytes);
     let len = out.len() - start - LENGTH_BYTES;
     if len > max_bytes || u32::try_from(len).is_err() {
         out.truncate(start);
-        return Err(EncodeError::TooLarge { len, max: max_bytes });
+        return Err(EncodeError::TooLarge {
+            len,
+            max: max_bytes,
+        });
     }
     out[start..start + LENGTH_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())

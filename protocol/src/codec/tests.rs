@@ -164,13 +164,29 @@ fn every_frame_round_trips() {
 
 #[test]
 fn the_notify_fast_path_is_byte_for_byte_serde() {
-    for (sub, delivery, redelivered) in [(0u64, 0u64, false), (u64::MAX, 1, true), (300, 70_000, false)] {
+    for (sub, delivery, redelivered) in [
+        (0u64, 0u64, false),
+        (u64::MAX, 1, true),
+        (300, 70_000, false),
+    ] {
         let e = event(b"payload");
-        let frame = Frame::Notify(Notify { sub: SubscriptionId(sub), delivery, redelivered, event: e.clone() });
+        let frame = Frame::Notify(Notify {
+            sub: SubscriptionId(sub),
+            delivery,
+            redelivered,
+            event: e.clone(),
+        });
         let want = encode_to_vec(&frame, FRAME_BYTES_MAX).unwrap();
         let mut got = vec![9];
-        encode_notify(SubscriptionId(sub), delivery, redelivered, &EncodedEvent::new(&e).unwrap(), FRAME_BYTES_MAX, &mut got)
-            .unwrap();
+        encode_notify(
+            SubscriptionId(sub),
+            delivery,
+            redelivered,
+            &EncodedEvent::new(&e).unwrap(),
+            FRAME_BYTES_MAX,
+            &mut got,
+        )
+        .unwrap();
         assert_eq!(&got[1..], &want[..]);
     }
     let big = EncodedEvent::new(&event(&[0; 4096])).unwrap();

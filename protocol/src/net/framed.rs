@@ -131,7 +131,14 @@ impl FrameWriter {
         redelivered: bool,
         event: &crate::codec::EncodedEvent,
     ) -> Result<(), NetError> {
-        codec::encode_notify(sub, delivery, redelivered, event, self.max_bytes, &mut self.buf)?;
+        codec::encode_notify(
+            sub,
+            delivery,
+            redelivered,
+            event,
+            self.max_bytes,
+            &mut self.buf,
+        )?;
         Ok(())
     }
 

@@ -1,0 +1,685 @@
+//! The client handle and its shared state: the ring (watched), connections to matchers,
+//! publishing with routing and retries, and the subscriptions' bookkeeping.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hashbrown::{HashMap, HashSet};
+use sift_matcher_core::delivery::DedupWindow;
+use sift_matcher_core::Timestamp;
+use sift_protocol::frame::{EndReason, ErrorCode, Frame, Notify, Publish, RequestId, Ring};
+use sift_protocol::limits::FRAME_BYTES_MAX;
+use sift_protocol::net::tls::client_config;
+use sift_protocol::net::{client_endpoint, FrameReader, FrameWriter};
+use sift_protocol::ring::Placement;
+use sift_protocol::{Attributes, Event, EventId, PublisherId, SubscriptionId, Topic, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::node::{self, Request};
+use crate::subscription::{Acker, Notification, Spec};
+use crate::{ClientConfig, ClientError};
+
+/// An event to publish: a topic, attributes and a payload.
+///
+/// ```
+/// let msg = sift_client::Message::new("orders.eu").attr("price", 12.5).attr("tier", "gold").payload("hi");
+/// assert_eq!(msg.topic(), "orders.eu");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Message {
+    topic: String,
+    attrs: Attributes,
+    payload: Bytes,
+}
+
+impl Message {
+    /// A message for `topic` with no attributes and an empty payload.
+    pub fn new(topic: impl Into<String>) -> Message {
+        Message {
+            topic: topic.into(),
+            attrs: Attributes::new(),
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Adds attribute `name` (a string, integer, float or boolean).
+    pub fn attr(mut self, name: impl Into<String>, value: impl Into<AttrValue>) -> Message {
+        self.attrs.insert(name.into(), value.into().0);
+        self
+    }
+
+    /// Replaces all attributes.
+    pub fn attrs(mut self, attrs: Attributes) -> Message {
+        self.attrs = attrs;
+        self
+    }
+
+    /// Sets the payload.
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Message {
+        self.payload = payload.into();
+        self
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+/// An attribute value; `From` strings, integers, floats and booleans.
+#[derive(Clone, Debug)]
+pub struct AttrValue(pub Value);
+
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> AttrValue {
+        AttrValue(Value::Str(v.into()))
+    }
+}
+impl From<String> for AttrValue {
+    fn from(v: String) -> AttrValue {
+        AttrValue(Value::Str(v))
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> AttrValue {
+        AttrValue(Value::Int(v))
+    }
+}
+impl From<i32> for AttrValue {
+    fn from(v: i32) -> AttrValue {
+        AttrValue(Value::Int(v.into()))
+    }
+}
+impl From<f64> for AttrValue {
+    fn from(v: f64) -> AttrValue {
+        AttrValue(Value::Float(v))
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> AttrValue {
+        AttrValue(Value::Bool(v))
+    }
+}
+impl From<Value> for AttrValue {
+    fn from(v: Value) -> AttrValue {
+        AttrValue(v)
+    }
+}
+
+#[derive(Clone)]
+struct NodeHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+/// A subscription's bookkeeping in the client.
+pub(crate) struct SubState {
+    pub(crate) spec: Spec,
+    pub(crate) tx: mpsc::Sender<Notification>,
+    pub(crate) end: Arc<Mutex<Option<EndReason>>>,
+    /// Matchers (addresses) where it is live.
+    pub(crate) nodes: HashSet<String>,
+    /// Event ids delivered (at-least-once only), to drop redeliveries.
+    pub(crate) seen: Option<DedupWindow<EventId>>,
+    /// When the lease should next be renewed.
+    pub(crate) renew_at: Option<Instant>,
+    pub(crate) moving: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
+    endpoint: quinn::Endpoint,
+    publisher: PublisherId,
+    seq: AtomicU64,
+    req: AtomicU64,
+    ring: watch::Sender<Option<Arc<Placement>>>,
+    nodes: tokio::sync::Mutex<HashMap<String, NodeHandle>>,
+    pub(crate) subs: Mutex<HashMap<SubscriptionId, SubState>>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    start: Instant,
+}
+
+/// A connection to a Sift cluster: a cheap, cloneable handle.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), sift_client::ClientError> {
+/// use futures::StreamExt;
+/// use sift_client::{Client, ClientConfig, Message};
+///
+/// let client = Client::connect(ClientConfig::from_env()?).await?;
+/// let mut orders = client.subscribe("orders.*").filter("price > 10").start().await?;
+/// client.publish(Message::new("orders.eu").attr("price", 12.5)).await?;
+/// if let Some(n) = orders.next().await {
+///     println!("{}: {:?}", n.event.topic, n.event.attrs);
+/// }
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Time the ring watcher waits between attempts to reach the coordinator.
+const RING_RETRY: Duration = Duration::from_millis(200);
+/// How often a client polls a node that cannot push the ring (a standalone matcher).
+const RING_POLL: Duration = Duration::from_secs(1);
+
+impl Client {
+    /// Connects: builds the QUIC endpoint, starts watching the ring and waits for the first
+    /// one (up to the request timeout).
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let tls = client_config(&config.ca_pem, config.client_cert.as_ref())
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let endpoint = client_endpoint(tls).map_err(|e| ClientError::Connection(e.to_string()))?;
+        let (ring_tx, mut ring_rx) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            publisher: PublisherId(rand::random()),
+            seq: AtomicU64::new(1),
+            req: AtomicU64::new(1),
+            ring: ring_tx,
+            nodes: tokio::sync::Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            start: Instant::now(),
+            endpoint,
+            config,
+        });
+        inner.tasks.spawn(watch_ring(Arc::downgrade(&inner)));
+        inner
+            .tasks
+            .spawn(crate::subscription::renew_leases(Arc::downgrade(&inner)));
+        let timeout = inner.config.request_timeout;
+        let first = tokio::time::timeout(
+            timeout,
+            ring_rx.wait_for(|r| r.as_ref().is_some_and(|p| !p.members().is_empty())),
+        );
+        if first.await.is_err() {
+            inner.cancel.cancel();
+            return Err(ClientError::NoMatcher(format!(
+                "no ring from {} within {timeout:?}",
+                inner.config.coordinator
+            )));
+        }
+        Ok(Client { inner })
+    }
+
+    /// [`Client::connect`] with [`ClientConfig::from_env`].
+    pub async fn from_env() -> Result<Client, ClientError> {
+        Client::connect(ClientConfig::from_env()?).await
+    }
+
+    /// This client's publisher id (event ids are this plus a sequence number).
+    pub fn publisher(&self) -> PublisherId {
+        self.inner.publisher
+    }
+
+    /// Publishes without waiting for the matcher (at most once). Returns the event's id.
+    pub async fn publish(&self, message: Message) -> Result<EventId, ClientError> {
+        let (topic, event) = self.inner.event(message)?;
+        let id = event.id;
+        let addr = self.inner.owner(&topic)?;
+        let ring_version = self.inner.ring_version();
+        let frame = Frame::Publish(Publish {
+            req: None,
+            ring_version,
+            event,
+        });
+        self.inner.send(&addr, frame).await?;
+        Ok(id)
+    }
+
+    /// Publishes and waits for the owning matcher to accept it. Retried with the same event
+    /// id after a `not-owner` answer, a timeout or a lost connection; the matcher drops
+    /// repeats, so a retry never notifies twice.
+    pub async fn publish_acked(&self, message: Message) -> Result<EventId, ClientError> {
+        let (topic, event) = self.inner.event(message)?;
+        let id = event.id;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let addr = self.inner.owner(&topic)?;
+                let req = self.inner.next_req();
+                let ring_version = self.inner.ring_version();
+                let frame = Frame::Publish(Publish {
+                    req: Some(req),
+                    ring_version,
+                    event: event.clone(),
+                });
+                match self.inner.request(&addr, req, frame).await? {
+                    Frame::PublishAck { .. } => Ok(()),
+                    other => Err(refusal(other)),
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => return Ok(id),
+                Err(e)
+                    if attempt <= self.inner.config.retries_max
+                        && self.inner.retryable(&e).await =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The current ring, if known.
+    pub fn ring(&self) -> Option<Ring> {
+        self.inner.ring.borrow().as_ref().map(|p| Ring {
+            version: p.version(),
+            members: p.members().to_vec(),
+        })
+    }
+
+    /// A receiver of ring changes, for applications that follow the topology.
+    pub fn watch_ring(&self) -> watch::Receiver<Option<Arc<Placement>>> {
+        self.inner.ring.subscribe()
+    }
+
+    /// Closes the client: ends every subscription (unsubscribing on the matchers), lets the
+    /// connections finish what they were sending, and waits for them.
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let ids: Vec<SubscriptionId> = self.inner.subs().keys().copied().collect();
+        for id in ids {
+            let _ = self.unsubscribe(id).await;
+        }
+        self.inner.cancel.cancel();
+        self.inner.nodes.lock().await.clear();
+        self.inner.tasks.close();
+        let _ =
+            tokio::time::timeout(self.inner.config.request_timeout, self.inner.tasks.wait()).await;
+        self.inner.endpoint.close(0u32.into(), b"closed");
+        let _ = tokio::time::timeout(
+            self.inner.config.request_timeout,
+            self.inner.endpoint.wait_idle(),
+        )
+        .await;
+    }
+}
+
+/// Turns a non-success answer into an error.
+pub(crate) fn refusal(frame: Frame) -> ClientError {
+    match frame {
+        Frame::Error(e) => ClientError::Refused {
+            code: e.code,
+            message: e.message,
+        },
+        other => ClientError::Connection(format!("unexpected answer {other:?}")),
+    }
+}
+
+impl Inner {
+    pub(crate) fn subs(&self) -> MutexGuard<'_, HashMap<SubscriptionId, SubState>> {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn next_req(&self) -> RequestId {
+        self.req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        Timestamp(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn event(&self, m: Message) -> Result<(Topic, Event), ClientError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Closed);
+        }
+        let topic = Topic::parse(&m.topic)?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let event = Event {
+            id: EventId {
+                publisher: self.publisher,
+                seq,
+            },
+            topic: m.topic,
+            attrs: m.attrs,
+            payload: m.payload,
+        };
+        Ok((topic, event))
+    }
+
+    pub(crate) fn placement(&self) -> Result<Arc<Placement>, ClientError> {
+        self.ring
+            .borrow()
+            .clone()
+            .ok_or_else(|| ClientError::NoMatcher("no ring yet".into()))
+    }
+
+    pub(crate) fn ring_version(&self) -> u64 {
+        self.ring.borrow().as_ref().map_or(0, |p| p.version())
+    }
+
+    /// The address of `topic`'s owner.
+    pub(crate) fn owner(&self, topic: &str) -> Result<String, ClientError> {
+        let p = self.placement()?;
+        p.owner(topic)
+            .map(|m| m.addr.clone())
+            .ok_or_else(|| ClientError::NoMatcher("the ring is empty".into()))
+    }
+
+    /// Whether `e` is worth a retry; refreshes the ring first when it is stale.
+    pub(crate) async fn retryable(&self, e: &ClientError) -> bool {
+        match e {
+            ClientError::Refused {
+                code: ErrorCode::NotOwner,
+                message,
+            } => {
+                debug!(%message, "not the owner; refreshing the ring");
+                self.refresh_ring().await;
+                true
+            }
+            ClientError::Timeout | ClientError::Connection(_) | ClientError::NoMatcher(_) => {
+                tokio::time::sleep(RING_RETRY).await;
+                self.refresh_ring().await;
+                !self.closed.load(Ordering::Relaxed)
+            }
+            _ => false,
+        }
+    }
+
+    /// Fetches the ring from the coordinator now (the watch may lag).
+    pub(crate) async fn refresh_ring(&self) {
+        match fetch_ring(self).await {
+            Ok(ring) => self.set_ring(ring),
+            Err(e) => debug!(error = %e, "ring fetch failed"),
+        }
+    }
+
+    fn set_ring(&self, ring: Ring) {
+        let newer = ring.version > self.ring_version();
+        if newer {
+            self.ring
+                .send_replace(Some(Arc::new(Placement::new(&ring))));
+        }
+    }
+
+    /// A node said its ring is at `version`: fetch if ours is older.
+    pub(crate) fn hint_ring(self: &Arc<Self>, version: u64) {
+        if version > self.ring_version() {
+            let me = self.clone();
+            self.tasks.spawn(async move { me.refresh_ring().await });
+        }
+    }
+
+    async fn node(self: &Arc<Self>, addr: &str) -> Result<NodeHandle, ClientError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Closed);
+        }
+        let mut nodes = self.nodes.lock().await;
+        if let Some(n) = nodes.get(addr) {
+            if !n.tx.is_closed() {
+                return Ok(n.clone());
+            }
+        }
+        let sock = crate::config::resolve(addr)?;
+        let connecting = self
+            .endpoint
+            .connect(sock, &self.config.server_name)
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let conn = tokio::time::timeout(self.config.request_timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Connection(format!("{addr}: {e}")))?;
+        let (tx, rx) = mpsc::channel(4096);
+        let handle = NodeHandle { tx };
+        if let Some(token) = &self.config.token {
+            let req = self.next_req();
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let hello = Request {
+                frame: Frame::Hello {
+                    req,
+                    token: Some(token.clone()),
+                },
+                reply: Some((req, reply_tx)),
+            };
+            let _ = handle.tx.send(hello).await;
+            self.tasks.spawn(node::run(
+                conn,
+                rx,
+                Arc::downgrade(self),
+                addr.to_owned(),
+                FRAME_BYTES_MAX,
+            ));
+            match tokio::time::timeout(self.config.request_timeout, reply_rx).await {
+                Ok(Ok(Frame::Ok { .. })) => {}
+                _ => {
+                    return Err(ClientError::Refused {
+                        code: ErrorCode::Unauthorized,
+                        message: "token refused".into(),
+                    })
+                }
+            }
+        } else {
+            self.tasks.spawn(node::run(
+                conn,
+                rx,
+                Arc::downgrade(self),
+                addr.to_owned(),
+                FRAME_BYTES_MAX,
+            ));
+        }
+        nodes.insert(addr.to_owned(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Sends a frame that gets no answer.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: &str,
+        frame: Frame,
+    ) -> Result<(), ClientError> {
+        let node = self.node(addr).await?;
+        node.tx
+            .send(Request { frame, reply: None })
+            .await
+            .map_err(|_| ClientError::Connection(format!("{addr} lost")))
+    }
+
+    /// Sends a request and waits for its answer.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        addr: &str,
+        req: RequestId,
+        frame: Frame,
+    ) -> Result<Frame, ClientError> {
+        let node = self.node(addr).await?;
+        let (tx, rx) = oneshot::channel();
+        node.tx
+            .send(Request {
+                frame,
+                reply: Some((req, tx)),
+            })
+            .await
+            .map_err(|_| ClientError::Connection(format!("{addr} lost")))?;
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(_)) => Err(ClientError::Connection(format!("{addr} lost"))),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// A connection to `addr` ended: its subscriptions must be placed again.
+    pub(crate) fn node_lost(self: &Arc<Self>, addr: &str) {
+        let affected: Vec<SubscriptionId> = {
+            let mut subs = self.subs();
+            subs.iter_mut()
+                .filter_map(|(id, s)| s.nodes.remove(addr).then_some(*id))
+                .collect()
+        };
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if !affected.is_empty() {
+            warn!(%addr, subscriptions = affected.len(), "connection lost; subscribing again");
+        }
+        for id in affected {
+            crate::subscription::spawn_replace(self.clone(), id);
+        }
+    }
+
+    /// A notification arrived from `addr`.
+    pub(crate) fn deliver(self: &Arc<Self>, addr: &str, n: Notify) {
+        let now = self.now();
+        let mut subs = self.subs();
+        let Some(sub) = subs.get_mut(&n.sub) else {
+            return;
+        };
+        let acker = sub.seen.is_some().then(|| Acker {
+            inner: Arc::downgrade(self),
+            addr: addr.to_owned(),
+            sub: n.sub,
+            delivery: n.delivery,
+        });
+        if let Some(seen) = &mut sub.seen {
+            if !seen.first_time(now, n.event.id) {
+                // Seen before (a redelivery after our ack was lost): ack again, do not repeat.
+                drop(subs);
+                if let Some(a) = acker {
+                    a.spawn_ack();
+                }
+                return;
+            }
+        }
+        let notification = Notification {
+            handle: n.sub,
+            event: n.event,
+            redelivered: n.redelivered,
+            acker,
+        };
+        if let Err(e) = sub.tx.try_send(notification) {
+            // The application is not keeping up: at-most-once drops (the matcher's own policy
+            // already dropped others); at-least-once leaves it unacked, so it comes back.
+            debug!(sub = %n.sub, error = %e, "client buffer full; notification dropped");
+        }
+    }
+
+    /// A subscription stream from `addr` ended.
+    pub(crate) fn ended(self: &Arc<Self>, addr: &str, id: SubscriptionId, reason: EndReason) {
+        match reason {
+            EndReason::Moved | EndReason::Shutdown => {
+                {
+                    let mut subs = self.subs();
+                    let Some(sub) = subs.get_mut(&id) else { return };
+                    sub.nodes.remove(addr);
+                }
+                if !self.closed.load(Ordering::Relaxed) {
+                    crate::subscription::spawn_replace(self.clone(), id);
+                }
+            }
+            EndReason::Expired | EndReason::Unsubscribed | EndReason::SlowConsumer => {
+                self.finish(id, reason);
+            }
+        }
+    }
+
+    /// Ends a subscription on the client side with `reason`.
+    pub(crate) fn finish(&self, id: SubscriptionId, reason: EndReason) -> Option<HashSet<String>> {
+        let sub = self.subs().remove(&id)?;
+        let mut end = sub.end.lock().unwrap_or_else(|e| e.into_inner());
+        end.get_or_insert(reason);
+        Some(sub.nodes)
+    }
+}
+
+/// Fetches the ring once from the coordinator.
+async fn fetch_ring(inner: &Inner) -> Result<Ring, ClientError> {
+    let conn = connect_coordinator(inner).await?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+    let mut w = FrameWriter::new(send, FRAME_BYTES_MAX);
+    let mut r = FrameReader::new(recv, FRAME_BYTES_MAX);
+    w.send(&Frame::RingFetch { req: 1 })
+        .await
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+    let answer = tokio::time::timeout(inner.config.request_timeout, r.next())
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+    conn.close(0u32.into(), b"done");
+    match answer {
+        Some(Frame::Ring { ring, .. }) => Ok(ring),
+        Some(other) => Err(refusal(other)),
+        None => Err(ClientError::Connection(
+            "the coordinator closed the stream".into(),
+        )),
+    }
+}
+
+async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connection, ClientError> {
+    let connecting = inner
+        .endpoint
+        .connect(inner.config.coordinator, &inner.config.server_name)
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+    tokio::time::timeout(inner.config.request_timeout, connecting)
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| {
+            ClientError::Connection(format!("coordinator {}: {e}", inner.config.coordinator))
+        })
+}
+
+/// Keeps the ring current: watches it on the coordinator, or polls a node that cannot push
+/// it (a standalone matcher), reconnecting as needed.
+async fn watch_ring(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let cancel = me.cancel.clone();
+        let session = async {
+            let conn = connect_coordinator(&me).await?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))?;
+            let mut w = FrameWriter::new(send, FRAME_BYTES_MAX);
+            let mut r = FrameReader::new(recv, FRAME_BYTES_MAX);
+            w.send(&Frame::Watch { req: 1 })
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))?;
+            loop {
+                match r
+                    .next()
+                    .await
+                    .map_err(|e| ClientError::Connection(e.to_string()))?
+                {
+                    Some(Frame::Ring { ring, .. }) => me.set_ring(ring),
+                    Some(Frame::Error(_)) => {
+                        // Not a coordinator: poll instead.
+                        loop {
+                            me.refresh_ring().await;
+                            tokio::time::sleep(RING_POLL).await;
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Err::<(), _>(ClientError::Connection("watch ended".into())),
+                }
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = session => if let Err(e) = r { debug!(error = %e, "ring watch lost") },
+        }
+        drop(me);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RING_RETRY) => {}
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Client settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sift_protocol::net::tls::CertifiedKey;
+
+use crate::ClientError;
+
+/// How a [`crate::Client`] reaches the cluster.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Where the ring comes from: the coordinator (or, for a standalone matcher, the matcher).
+    pub coordinator: SocketAddr,
+    /// The TLS server name the nodes' certificates carry. Default `"localhost"`.
+    pub server_name: String,
+    /// The CA that signed the nodes' certificates, PEM.
+    pub ca_pem: String,
+    /// A client certificate for clusters that require mutual TLS.
+    pub client_cert: Option<CertifiedKey>,
+    /// A token for clusters that require one.
+    pub token: Option<String>,
+    /// How long to wait for an answer. Default 5 s.
+    pub request_timeout: Duration,
+    /// How many times a request refused with `not-owner` (or lost with a connection) is
+    /// retried after the ring is refreshed. Default 8.
+    pub retries_max: u32,
+    /// Notifications buffered per subscription in the client. Default 4,096.
+    pub buffer_len: usize,
+}
+
+impl ClientConfig {
+    /// A configuration for `coordinator`, trusting `ca_pem`.
+    pub fn new(coordinator: SocketAddr, ca_pem: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            coordinator,
+            server_name: "localhost".into(),
+            ca_pem: ca_pem.into(),
+            client_cert: None,
+            token: None,
+            request_timeout: Duration::from_secs(5),
+            retries_max: 8,
+            buffer_len: 4096,
+        }
+    }
+
+    /// From the environment: `SIFT_COORDINATOR` (`host:port`) and `SIFT_CA` (a PEM file);
+    /// `SIFT_TOKEN` and `SIFT_SERVER_NAME` when set.
+    pub fn from_env() -> Result<ClientConfig, ClientError> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| ClientError::Config(format!("{name} is not set")))
+        };
+        let addr = var("SIFT_COORDINATOR")?;
+        let coordinator = resolve(&addr)?;
+        let ca_path = var("SIFT_CA")?;
+        let ca_pem = std::fs::read_to_string(&ca_path)
+            .map_err(|e| ClientError::Config(format!("cannot read SIFT_CA {ca_path}: {e}")))?;
+        let mut config = ClientConfig::new(coordinator, ca_pem);
+        config.token = std::env::var("SIFT_TOKEN").ok();
+        if let Ok(name) = std::env::var("SIFT_SERVER_NAME") {
+            config.server_name = name;
+        }
+        Ok(config)
+    }
+}
+
+/// Resolves `host:port` to a socket address.
+pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| ClientError::Config(format!("cannot resolve {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Config(format!("{addr:?} resolves to nothing")))
+}

@@ -1,0 +1,140 @@
+//! One task per matcher connection: it owns the request stream (requests out in order, answers
+//! routed back by request id), accepts the notification streams the matcher opens, and tells
+//! the client when the connection is lost so that subscriptions move on.
+
+use std::sync::Weak;
+
+use hashbrown::HashMap;
+use sift_protocol::frame::{Frame, RequestId};
+use sift_protocol::net::{FrameReader, FrameWriter};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::client::Inner;
+
+/// A request for a node task.
+pub(crate) struct Request {
+    pub(crate) frame: Frame,
+    /// Where the answer goes; `None` for frames without one (fire-and-forget, acks).
+    pub(crate) reply: Option<(RequestId, oneshot::Sender<Frame>)>,
+}
+
+/// Requests written per stream write at most.
+const BATCH_MAX: usize = 256;
+
+/// The request id an answer carries, if any.
+fn answers(frame: &Frame) -> Option<RequestId> {
+    match frame {
+        Frame::Ok { req }
+        | Frame::Subscribed { req, .. }
+        | Frame::PublishAck { req, .. }
+        | Frame::Nodes { req, .. }
+        | Frame::Ring { req: Some(req), .. } => Some(*req),
+        Frame::Error(e) => e.req,
+        _ => None,
+    }
+}
+
+pub(crate) async fn run(
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<Request>,
+    inner: Weak<Inner>,
+    addr: String,
+    max_frame_bytes: usize,
+) {
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%addr, error = %e, "no request stream");
+            return lost(&inner, &addr);
+        }
+    };
+    let mut writer = FrameWriter::new(send, max_frame_bytes);
+    let mut reader = FrameReader::new(recv, max_frame_bytes);
+    let mut pending: HashMap<RequestId, oneshot::Sender<Frame>> = HashMap::new();
+    loop {
+        tokio::select! {
+            req = rx.recv() => {
+                let Some(first) = req else { break };
+                let mut next = Some(first);
+                let mut n = 0;
+                while let Some(r) = next.take() {
+                    if let Some((id, reply)) = r.reply {
+                        pending.insert(id, reply);
+                    }
+                    if let Err(e) = writer.push(&r.frame) {
+                        debug!(%addr, error = %e, "request not encoded");
+                    }
+                    n += 1;
+                    if n < BATCH_MAX {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    break;
+                }
+            }
+            frame = reader.next() => match frame {
+                Ok(Some(frame)) => match answers(&frame).and_then(|id| pending.remove(&id)) {
+                    Some(reply) => { let _ = reply.send(frame); }
+                    None => unsolicited(&inner, &addr, frame),
+                },
+                Ok(None) => break,
+                Err(e) if e.recoverable() => debug!(%addr, error = %e, "bad frame skipped"),
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let reader = FrameReader::new(recv, max_frame_bytes);
+                    tokio::spawn(notifications(reader, inner.clone(), addr.clone()));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    // Closing the request side lets the matcher finish; unanswered requests fail as their
+    // senders drop.
+    let _ = writer.finish().await;
+    drop(pending);
+    lost(&inner, &addr);
+}
+
+fn lost(inner: &Weak<Inner>, addr: &str) {
+    if let Some(inner) = inner.upgrade() {
+        inner.node_lost(addr);
+    }
+}
+
+fn unsolicited(inner: &Weak<Inner>, addr: &str, frame: Frame) {
+    match frame {
+        // A fire-and-forget publish was refused (e.g. not the owner): refresh the ring.
+        Frame::Error(e) => {
+            debug!(%addr, code = %e.code, message = %e.message, "refusal without a request");
+            if let (Some(inner), Some(v)) = (inner.upgrade(), e.ring_version) {
+                inner.hint_ring(v);
+            }
+        }
+        other => debug!(%addr, frame = ?other, "unexpected frame"),
+    }
+}
+
+async fn notifications(mut reader: FrameReader, inner: Weak<Inner>, addr: String) {
+    loop {
+        match reader.next().await {
+            Ok(Some(Frame::Notify(n))) => match inner.upgrade() {
+                Some(inner) => inner.deliver(&addr, n),
+                None => return,
+            },
+            Ok(Some(Frame::Ended { sub, reason })) => {
+                if let Some(inner) = inner.upgrade() {
+                    inner.ended(&addr, sub, reason);
+                }
+                return;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) if e.recoverable() => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! Subscriptions: the builder, the `Stream` of notifications, acknowledgements, lease renewal,
+//! and placing a subscription again when its matcher goes away or its topic moves.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use hashbrown::HashSet;
+use sift_matcher_core::delivery::DedupWindow;
+use sift_protocol::frame::{
+    DeliveryMode, EndReason, ErrorCode, ExpirySpec, Frame, GroupSpec, Subscribe,
+};
+use sift_protocol::limits::LEASE_DEFAULT_MS;
+use sift_protocol::{Event, Filter, Pattern, SubscriptionId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::client::{refusal, Client, Inner, SubState};
+use crate::ClientError;
+
+/// What a subscription asked for, kept to place it again.
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    pub(crate) pattern: Pattern,
+    pub(crate) filter: String,
+    pub(crate) expiry: ExpirySpec,
+    pub(crate) group: Option<GroupSpec>,
+    pub(crate) mode: DeliveryMode,
+}
+
+/// At-least-once: event ids remembered to drop redeliveries.
+const SEEN_IDS_MAX: usize = 65_536;
+const SEEN_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// One notification: the subscription's handle and the event.
+#[derive(Debug)]
+pub struct Notification {
+    /// The subscription it is for.
+    pub handle: SubscriptionId,
+    /// The event.
+    pub event: Event,
+    /// True when the matcher sent it before (it was not acked in time). The SDK already drops
+    /// events it delivered before, so the application sees each event once.
+    pub redelivered: bool,
+    pub(crate) acker: Option<Acker>,
+}
+
+impl Notification {
+    /// Acknowledges an at-least-once notification so the matcher stops redelivering it
+    /// (a no-op for at-most-once subscriptions).
+    pub async fn ack(&self) -> Result<(), ClientError> {
+        match &self.acker {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// True when the notification waits for [`Notification::ack`].
+    pub fn needs_ack(&self) -> bool {
+        self.acker.is_some()
+    }
+}
+
+/// Where an ack goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Acker {
+    pub(crate) inner: Weak<Inner>,
+    pub(crate) addr: String,
+    pub(crate) sub: SubscriptionId,
+    pub(crate) delivery: u64,
+}
+
+impl Acker {
+    async fn ack(&self) -> Result<(), ClientError> {
+        let inner = self.inner.upgrade().ok_or(ClientError::Closed)?;
+        inner
+            .send(
+                &self.addr,
+                Frame::Ack {
+                    sub: self.sub,
+                    delivery: self.delivery,
+                },
+            )
+            .await
+    }
+
+    pub(crate) fn spawn_ack(self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.tasks.spawn(async move {
+                let _ = self.ack().await;
+            });
+        }
+    }
+}
+
+/// Builds a subscription: `client.subscribe("orders.*").filter("price > 10").start()`.
+#[must_use = "a subscription starts with `start()`"]
+pub struct SubscribeBuilder {
+    client: Client,
+    pattern: String,
+    filter: String,
+    expiry: ExpirySpec,
+    group: Option<GroupSpec>,
+    mode: DeliveryMode,
+}
+
+impl Client {
+    /// Starts building a subscription to a topic or pattern (`orders.eu`, `orders.*`,
+    /// `orders.>`).
+    pub fn subscribe(&self, topic_or_pattern: impl Into<String>) -> SubscribeBuilder {
+        SubscribeBuilder {
+            client: self.clone(),
+            pattern: topic_or_pattern.into(),
+            filter: String::new(),
+            expiry: ExpirySpec::LeaseMs(LEASE_DEFAULT_MS),
+            group: None,
+            mode: DeliveryMode::AtMostOnce,
+        }
+    }
+
+    /// Subscribes and calls `callback(handle, event)` for each notification, from a task of
+    /// its own (at-least-once notifications are acked when the callback returns). Returns the
+    /// handle; [`Client::unsubscribe`] ends it. The classic `subscribe(filter, notify, expiry)`.
+    pub async fn subscribe_with(
+        &self,
+        builder: SubscribeBuilder,
+        mut callback: impl FnMut(SubscriptionId, Event) + Send + 'static,
+    ) -> Result<SubscriptionId, ClientError> {
+        let mut sub = builder.start().await?;
+        let handle = sub.handle();
+        self.inner.tasks.spawn(async move {
+            use futures::StreamExt;
+            while let Some(n) = sub.next().await {
+                let ack = n.acker.clone();
+                callback(n.handle, n.event);
+                if let Some(a) = ack {
+                    let _ = a.ack().await;
+                }
+            }
+        });
+        Ok(handle)
+    }
+
+    /// Ends a subscription (on every matcher that holds it).
+    pub async fn unsubscribe(&self, handle: SubscriptionId) -> Result<(), ClientError> {
+        let nodes = self
+            .inner
+            .finish(handle, EndReason::Unsubscribed)
+            .ok_or_else(|| ClientError::Refused {
+                code: ErrorCode::UnknownSubscription,
+                message: format!("unknown subscription {handle}"),
+            })?;
+        for addr in nodes {
+            let req = self.inner.next_req();
+            if let Err(e) = self
+                .inner
+                .request(&addr, req, Frame::Unsubscribe { req, sub: handle })
+                .await
+            {
+                debug!(%addr, error = %e, "unsubscribe not confirmed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a subscription's filter in place: from the matcher's answer on, events are
+    /// matched against the new filter, without a gap or a duplicate.
+    pub async fn set_filter(
+        &self,
+        handle: SubscriptionId,
+        filter: &str,
+    ) -> Result<(), ClientError> {
+        Filter::parse(filter)?;
+        let nodes: Vec<String> = {
+            let mut subs = self.inner.subs();
+            let sub = subs.get_mut(&handle).ok_or_else(|| ClientError::Refused {
+                code: ErrorCode::UnknownSubscription,
+                message: format!("unknown subscription {handle}"),
+            })?;
+            sub.spec.filter = filter.to_owned();
+            sub.nodes.iter().cloned().collect()
+        };
+        for addr in nodes {
+            let req = self.inner.next_req();
+            match self
+                .inner
+                .request(
+                    &addr,
+                    req,
+                    Frame::SetFilter {
+                        req,
+                        sub: handle,
+                        filter: filter.to_owned(),
+                    },
+                )
+                .await?
+            {
+                Frame::Ok { .. } => {}
+                other => return Err(refusal(other)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SubscribeBuilder {
+    /// Only events whose attributes satisfy `filter` (the filter language of DESIGN.md).
+    pub fn filter(mut self, filter: impl Into<String>) -> Self {
+        self.filter = filter.into();
+        self
+    }
+
+    /// A lease of `d`, renewed by the SDK while the subscription lives (default 60 s).
+    pub fn expiry(mut self, d: Duration) -> Self {
+        self.expiry = ExpirySpec::LeaseMs(d.as_millis().max(1) as u64);
+        self
+    }
+
+    /// A hard deadline `d` from now; never renewed.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.expiry = ExpirySpec::DeadlineMs(d.as_millis().max(1) as u64);
+        self
+    }
+
+    /// Joins consumer group `name`: each matching event goes to one member.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(GroupSpec {
+            name: name.into(),
+            key: None,
+        });
+        self
+    }
+
+    /// Joins group `name` with affinity on attribute `key`: events with the same key value go
+    /// to the same member while the group is stable.
+    pub fn group_by_key(mut self, name: impl Into<String>, key: impl Into<String>) -> Self {
+        self.group = Some(GroupSpec {
+            name: name.into(),
+            key: Some(key.into()),
+        });
+        self
+    }
+
+    /// At-least-once delivery: each notification must be acked, or it is sent again.
+    pub fn at_least_once(mut self) -> Self {
+        self.mode = DeliveryMode::AtLeastOnce;
+        self
+    }
+
+    /// Subscribes on the owning matcher (every matcher, for a pattern) and returns the stream
+    /// of notifications.
+    pub async fn start(self) -> Result<Subscription, ClientError> {
+        let pattern = Pattern::parse(&self.pattern)?;
+        Filter::parse(&self.filter)?;
+        let inner = self.client.inner.clone();
+        let id = SubscriptionId(rand::random());
+        let (tx, rx) = mpsc::channel(inner.config.buffer_len.max(1));
+        let end = Arc::new(Mutex::new(None));
+        let spec = Spec {
+            pattern,
+            filter: self.filter,
+            expiry: self.expiry,
+            group: self.group,
+            mode: self.mode,
+        };
+        let alo = spec.mode == DeliveryMode::AtLeastOnce;
+        inner.subs().insert(
+            id,
+            SubState {
+                spec,
+                tx,
+                end: end.clone(),
+                nodes: HashSet::new(),
+                seen: alo.then(|| DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX)),
+                renew_at: None,
+                moving: false,
+            },
+        );
+        if let Err(e) = place(&inner, id).await {
+            if let Some(nodes) = inner.finish(id, EndReason::Unsubscribed) {
+                for addr in nodes {
+                    let req = inner.next_req();
+                    let _ = inner
+                        .request(&addr, req, Frame::Unsubscribe { req, sub: id })
+                        .await;
+                }
+            }
+            return Err(e);
+        }
+        Ok(Subscription {
+            handle: id,
+            rx,
+            client: self.client,
+            end,
+            closed: false,
+        })
+    }
+}
+
+/// The matchers a subscription must live on now: the owner of its topic, or every matcher for
+/// a pattern.
+fn targets(inner: &Inner, spec: &Spec) -> Result<Vec<String>, ClientError> {
+    let p = inner.placement()?;
+    match spec.pattern.as_topic() {
+        Some(t) => Ok(p
+            .owner(&t)
+            .map(|m| vec![m.addr.clone()])
+            .unwrap_or_default()),
+        None => Ok(p.members().iter().map(|m| m.addr.clone()).collect()),
+    }
+}
+
+/// Subscribes on every target where the subscription is not live yet, retrying after
+/// `not-owner` answers and lost connections.
+pub(crate) async fn place(inner: &Arc<Inner>, id: SubscriptionId) -> Result<(), ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (spec, live) = {
+            let subs = inner.subs();
+            let Some(s) = subs.get(&id) else {
+                return Err(ClientError::Closed);
+            };
+            (s.spec.clone(), s.nodes.clone())
+        };
+        let targets = targets(inner, &spec)?;
+        if targets.is_empty() {
+            let e = ClientError::NoMatcher("the ring is empty".into());
+            if attempt <= inner.config.retries_max && inner.retryable(&e).await {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut failure = None;
+        for addr in targets.iter().filter(|a| !live.contains(*a)) {
+            match subscribe_on(inner, id, &spec, addr).await {
+                Ok(expires_in_ms) => {
+                    let mut subs = inner.subs();
+                    let Some(s) = subs.get_mut(&id) else {
+                        return Err(ClientError::Closed);
+                    };
+                    s.nodes.insert(addr.clone());
+                    if matches!(spec.expiry, ExpirySpec::LeaseMs(_)) {
+                        s.renew_at =
+                            Some(Instant::now() + Duration::from_millis(expires_in_ms / 3));
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => return Ok(()),
+            Some(e) if attempt <= inner.config.retries_max && inner.retryable(&e).await => continue,
+            Some(e) => return Err(e),
+        }
+    }
+}
+
+async fn subscribe_on(
+    inner: &Arc<Inner>,
+    id: SubscriptionId,
+    spec: &Spec,
+    addr: &str,
+) -> Result<u64, ClientError> {
+    let req = inner.next_req();
+    let frame = Frame::Subscribe(Subscribe {
+        req,
+        id,
+        pattern: spec.pattern.as_str().to_owned(),
+        filter: spec.filter.clone(),
+        expiry: spec.expiry,
+        group: spec.group.clone(),
+        mode: spec.mode,
+        ring_version: inner.ring_version(),
+    });
+    match inner.request(addr, req, frame).await? {
+        Frame::Subscribed { expires_in_ms, .. } => Ok(expires_in_ms),
+        // Already live there (a retry whose first answer was lost): fine.
+        Frame::Error(e) if e.code == ErrorCode::DuplicateSubscription => Ok(0),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Places a subscription again in the background (its matcher went away or its topic moved).
+pub(crate) fn spawn_replace(inner: Arc<Inner>, id: SubscriptionId) {
+    {
+        let mut subs = inner.subs();
+        let Some(s) = subs.get_mut(&id) else { return };
+        if s.moving {
+            return;
+        }
+        s.moving = true;
+    }
+    let tasks = inner.tasks.clone();
+    tasks.spawn(async move {
+        let result = place(&inner, id).await;
+        if let Some(s) = inner.subs().get_mut(&id) {
+            s.moving = false;
+        }
+        if let Err(e) = result {
+            warn!(sub = %id, error = %e, "subscription could not be placed again; ended");
+            inner.finish(id, EndReason::Shutdown);
+        }
+    });
+}
+
+/// How often the renewal task looks for leases to renew.
+const RENEW_SCAN: Duration = Duration::from_millis(250);
+
+/// Renews every lease about a third of the way through it.
+pub(crate) async fn renew_leases(inner: Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let cancel = me.cancel.clone();
+        let now = Instant::now();
+        let due: Vec<(SubscriptionId, Vec<String>)> = me
+            .subs()
+            .iter_mut()
+            .filter(|(_, s)| s.renew_at.is_some_and(|t| t <= now))
+            .map(|(id, s)| {
+                s.renew_at = None;
+                (*id, s.nodes.iter().cloned().collect())
+            })
+            .collect();
+        for (id, nodes) in due {
+            for addr in nodes {
+                let req = me.next_req();
+                match me.request(&addr, req, Frame::Renew { req, sub: id }).await {
+                    Ok(Frame::Subscribed { expires_in_ms, .. }) => {
+                        if let Some(s) = me.subs().get_mut(&id) {
+                            s.renew_at =
+                                Some(Instant::now() + Duration::from_millis(expires_in_ms / 3));
+                        }
+                    }
+                    // Lost there (expired, or the matcher restarted): place it again.
+                    Ok(_) | Err(_) => {
+                        if let Some(s) = me.subs().get_mut(&id) {
+                            s.nodes.remove(&addr);
+                        }
+                        spawn_replace(me.clone(), id);
+                    }
+                }
+            }
+        }
+        drop(me);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RENEW_SCAN) => {}
+        }
+    }
+}
+
+/// A live subscription: a `Stream` of [`Notification`]s. Dropping it unsubscribes.
+pub struct Subscription {
+    handle: SubscriptionId,
+    rx: mpsc::Receiver<Notification>,
+    client: Client,
+    end: Arc<Mutex<Option<EndReason>>>,
+    closed: bool,
+}
+
+impl Subscription {
+    /// The subscription's handle.
+    pub fn handle(&self) -> SubscriptionId {
+        self.handle
+    }
+
+    /// Why the stream ended (expired, unsubscribed, slow consumer), once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        *self.end.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the filter in place (see [`Client::set_filter`]).
+    pub async fn set_filter(&self, filter: &str) -> Result<(), ClientError> {
+        self.client.set_filter(self.handle, filter).await
+    }
+
+    /// Unsubscribes now; the stream ends after the notifications already received.
+    pub async fn unsubscribe(mut self) -> Result<(), ClientError> {
+        self.closed = true;
+        self.client.unsubscribe(self.handle).await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Notification;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.closed || self.end_reason().is_some() {
+            return;
+        }
+        let (client, handle) = (self.client.clone(), self.handle);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.unsubscribe(handle).await;
+            });
+        }
+    }
+}

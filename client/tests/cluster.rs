@@ -1,0 +1,252 @@
+//! The partitioned cluster end to end over real QUIC on loopback: a coordinator, matchers and
+//! clients in process, no mocks. Every wait is on an event, bounded in time.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bounded, Cluster};
+use futures::StreamExt;
+use sift_client::{ClientError, EndReason, ErrorCode, Message, Value};
+
+#[tokio::test]
+async fn round_trip_with_filters_and_patterns() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    bounded(async {
+        let mut exact = client
+            .subscribe("orders.eu")
+            .filter("price > 10")
+            .start()
+            .await
+            .unwrap();
+        let mut pattern = client
+            .subscribe("orders.*")
+            .filter("tier == \"gold\"")
+            .start()
+            .await
+            .unwrap();
+        let mut tail = client.subscribe("orders.>").start().await.unwrap();
+        for (topic, price, tier) in [
+            ("orders.eu", 5, "gold"),
+            ("orders.eu", 50, "silver"),
+            ("orders.us", 1, "gold"),
+            ("orders.us.east", 2, "gold"),
+        ] {
+            client
+                .publish_acked(
+                    Message::new(topic)
+                        .attr("price", price)
+                        .attr("tier", tier)
+                        .payload("x"),
+                )
+                .await
+                .unwrap();
+        }
+        let n = exact.next().await.unwrap();
+        assert_eq!(
+            (n.event.topic.as_str(), n.event.attrs["price"].clone()),
+            ("orders.eu", Value::Int(50))
+        );
+        assert_eq!(n.event.payload.as_ref(), b"x");
+        let mut gold = vec![];
+        for _ in 0..2 {
+            let n = pattern.next().await.unwrap();
+            gold.push((n.event.topic.clone(), n.event.attrs["price"].clone()));
+        }
+        gold.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            gold,
+            vec![
+                ("orders.eu".to_string(), Value::Int(5)),
+                ("orders.us".to_string(), Value::Int(1))
+            ]
+        );
+        let mut all = vec![];
+        for _ in 0..4 {
+            all.push(tail.next().await.unwrap().event.topic);
+        }
+        all.sort();
+        assert_eq!(
+            all,
+            vec!["orders.eu", "orders.eu", "orders.us", "orders.us.east"]
+        );
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn typed_errors_for_bad_input() {
+    let cluster = Cluster::start_with(1, |c| c.limits.payload_bytes_max = 1024).await;
+    let client = cluster.client().await;
+    bounded(async {
+        assert!(matches!(
+            client.subscribe("orders..eu").start().await,
+            Err(ClientError::InvalidTopic(_))
+        ));
+        assert!(matches!(
+            client.subscribe("orders").filter("price >").start().await,
+            Err(ClientError::InvalidFilter(_))
+        ));
+        assert!(matches!(
+            client.publish_acked(Message::new("orders.*")).await,
+            Err(ClientError::InvalidTopic(_))
+        ));
+        let big = client
+            .publish_acked(Message::new("orders").payload(vec![0u8; 2048]))
+            .await
+            .unwrap_err();
+        assert_eq!(big.code(), Some(ErrorCode::PayloadTooLarge), "{big}");
+        let bad_attr = client
+            .publish_acked(Message::new("orders").attr("bad name", 1))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_attr.code(), Some(ErrorCode::InvalidEvent), "{bad_attr}");
+        let unknown = client
+            .unsubscribe(sift_client::SubscriptionId(42))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Some(ErrorCode::UnknownSubscription));
+        assert!(client
+            .set_filter(sift_client::SubscriptionId(42), "a == 1")
+            .await
+            .is_err());
+        // Still serving after all that.
+        let mut sub = client.subscribe("orders").start().await.unwrap();
+        client.publish_acked(Message::new("orders")).await.unwrap();
+        assert!(sub.next().await.is_some());
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn leases_are_renewed_and_deadlines_end_the_stream() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client().await;
+    bounded(async {
+        let mut leased = client
+            .subscribe("t")
+            .expiry(Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap();
+        let mut hard = client
+            .subscribe("t")
+            .deadline(Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap();
+        // The hard deadline ends its stream with the reason.
+        assert!(hard.next().await.is_none());
+        assert_eq!(hard.end_reason(), Some(EndReason::Expired));
+        // Ended after 300 ms; the leased one, renewed, still gets events well after that.
+        client
+            .publish_acked(Message::new("t").attr("n", 1))
+            .await
+            .unwrap();
+        assert_eq!(leased.next().await.unwrap().event.attrs["n"], Value::Int(1));
+        // Several lease lengths later, still alive (the renewal keeps it).
+        let mut ticker = tokio::time::interval(Duration::from_millis(150));
+        for i in 2..8 {
+            ticker.tick().await;
+            client
+                .publish_acked(Message::new("t").attr("n", i))
+                .await
+                .unwrap();
+            assert_eq!(leased.next().await.unwrap().event.attrs["n"], Value::Int(i));
+        }
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_notifications() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client().await;
+    bounded(async {
+        let mut a = client.subscribe("x.y").start().await.unwrap();
+        let mut control = client.subscribe("x.y").start().await.unwrap();
+        client
+            .publish_acked(Message::new("x.y").attr("n", 1))
+            .await
+            .unwrap();
+        assert!(a.next().await.is_some());
+        assert!(control.next().await.is_some());
+        let handle = a.handle();
+        client.unsubscribe(handle).await.unwrap();
+        client
+            .publish_acked(Message::new("x.y").attr("n", 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            control.next().await.unwrap().event.attrs["n"],
+            Value::Int(2)
+        );
+        // The unsubscribed stream ends without the second event.
+        assert!(a.next().await.is_none());
+        assert_eq!(a.end_reason(), Some(EndReason::Unsubscribed));
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn groups_spread_evenly_and_keys_stick() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client().await;
+    let publisher = cluster.client().await;
+    bounded(async {
+        let mut members = vec![];
+        for _ in 0..4 {
+            members.push(
+                client
+                    .subscribe("jobs")
+                    .group("workers")
+                    .start()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let total: usize = 10_000;
+        for i in 0..total as i64 {
+            publisher
+                .publish(Message::new("jobs").attr("i", i))
+                .await
+                .unwrap();
+        }
+        publisher
+            .publish_acked(Message::new("jobs").attr("i", -1))
+            .await
+            .unwrap();
+        let mut counts = vec![0usize; 4];
+        let mut seen = 0;
+        let mut streams = futures::stream::select_all(
+            members
+                .into_iter()
+                .enumerate()
+                .map(|(k, s)| s.map(move |n| (k, n))),
+        );
+        while seen < total + 1 {
+            let (k, _) = streams.next().await.unwrap();
+            counts[k] += 1;
+            seen += 1;
+        }
+        let expected = (total + 1) / 4;
+        for c in &counts {
+            assert!(c.abs_diff(expected) <= expected / 10, "uneven: {counts:?}");
+        }
+    })
+    .await;
+    client.close().await;
+    publisher.close().await;
+    cluster.shutdown().await;
+}
