@@ -124,8 +124,8 @@ pub(crate) struct SubState {
     pub(crate) end: Arc<Mutex<Option<EndReason>>>,
     /// Matchers (addresses) where it is live.
     pub(crate) nodes: HashSet<String>,
-    /// Event ids delivered (at-least-once only), to drop redeliveries.
-    pub(crate) seen: Option<DedupWindow<EventId>>,
+    /// At-least-once only: event ids delivered to the application, and those it acked.
+    pub(crate) seen: Option<(DedupWindow<EventId>, DedupWindow<EventId>)>,
     /// When the lease should next be renewed.
     pub(crate) renew_at: Option<Instant>,
     pub(crate) moving: bool,
@@ -545,12 +545,16 @@ impl Inner {
             addr: addr.to_owned(),
             sub: n.sub,
             delivery: n.delivery,
+            event: n.event.id,
         });
-        if let Some(seen) = &mut sub.seen {
-            if !seen.first_time(now, n.event.id) {
-                // Seen before (a redelivery after our ack was lost): ack again, do not repeat.
+        if let Some((delivered, acked)) = &mut sub.seen {
+            if !delivered.first_time(now, n.event.id) {
+                // The application has it already. If it acked, the ack was lost: ack again.
+                // If not, it still holds the notification and will ack it. Either way it does
+                // not see the event twice.
+                let acked = acked.contains(&n.event.id);
                 drop(subs);
-                if let Some(a) = acker {
+                if let (true, Some(a)) = (acked, acker) {
                     a.spawn_ack();
                 }
                 return;

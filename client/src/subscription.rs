@@ -71,11 +71,18 @@ pub(crate) struct Acker {
     pub(crate) addr: String,
     pub(crate) sub: SubscriptionId,
     pub(crate) delivery: u64,
+    pub(crate) event: sift_protocol::EventId,
 }
 
 impl Acker {
     async fn ack(&self) -> Result<(), ClientError> {
         let inner = self.inner.upgrade().ok_or(ClientError::Closed)?;
+        let now = inner.now();
+        if let Some(s) = inner.subs().get_mut(&self.sub) {
+            if let Some((_, acked)) = &mut s.seen {
+                acked.first_time(now, self.event);
+            }
+        }
         inner
             .send(
                 &self.addr,
@@ -274,7 +281,12 @@ impl SubscribeBuilder {
                 tx,
                 end: end.clone(),
                 nodes: HashSet::new(),
-                seen: alo.then(|| DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX)),
+                seen: alo.then(|| {
+                    (
+                        DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
+                        DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
+                    )
+                }),
                 renew_at: None,
                 moving: false,
             },

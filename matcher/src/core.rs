@@ -92,6 +92,9 @@ pub(crate) enum Input {
     RingNow {
         reply: oneshot::Sender<Ring>,
     },
+    Stats {
+        reply: oneshot::Sender<MatcherStats>,
+    },
 }
 
 struct Alo {
@@ -124,6 +127,8 @@ pub struct MatcherStats {
     pub redelivered: u64,
     /// Subscriptions ended because their consumer was too slow.
     pub slow_consumers: u64,
+    /// Live subscriptions.
+    pub subscriptions: usize,
 }
 
 pub(crate) struct Core {
@@ -319,6 +324,11 @@ impl Core {
                 }
             }
             Input::Ring(ring) => self.ring_changed(ring),
+            Input::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.subscriptions = self.subs.len();
+                let _ = reply.send(stats);
+            }
             Input::RingNow { reply } => {
                 let ring = Ring {
                     version: self.placement.version(),

@@ -34,6 +34,7 @@ const CORE_QUEUE_LEN_MAX: usize = 4096;
 /// A running matcher.
 pub struct Matcher {
     endpoint: quinn::Endpoint,
+    core: mpsc::Sender<crate::core::Input>,
     me: RingMember,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -88,7 +89,7 @@ impl Matcher {
             tasks.spawn(link.run(cancel.clone()).instrument(span.clone()));
         }
         let shared = Arc::new(conn::Shared {
-            core: core_tx,
+            core: core_tx.clone(),
             config,
             cancel: cancel.clone(),
             tasks: tasks.clone(),
@@ -98,6 +99,7 @@ impl Matcher {
         info!(addr = %local, id = %me.id, "matcher listening");
         Ok(Matcher {
             endpoint,
+            core: core_tx,
             me,
             cancel,
             tasks,
@@ -112,6 +114,16 @@ impl Matcher {
     /// Its identity, address and weight in the ring.
     pub fn member(&self) -> &RingMember {
         &self.me
+    }
+
+    /// Counters since start (`None` once stopped).
+    pub async fn stats(&self) -> Option<MatcherStats> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.core
+            .send(crate::core::Input::Stats { reply: tx })
+            .await
+            .ok()?;
+        rx.await.ok()
     }
 
     /// Stops: ends every subscription stream, closes connections, waits for the tasks.

@@ -142,6 +142,11 @@ impl<K: Hash + Eq + Clone> DedupWindow<K> {
         true
     }
 
+    /// True when `id` is remembered (as of the last call that took a time).
+    pub fn contains(&self, id: &K) -> bool {
+        self.seen.contains(id)
+    }
+
     fn forget_old(&mut self, now: Timestamp) {
         while let Some((t, _)) = self.order.front() {
             if now.0.saturating_sub(*t) < self.ttl_ms {
