@@ -26,6 +26,11 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, tweak: impl Fn(&mut MatcherConfig)) -> Cluster {
+        // RUST_LOG=debug shows what the nodes and the client do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let ca = CertAuthority::generate("test CA").unwrap();
         let cert = ca.issue(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         let config = CoordinatorConfig {
