@@ -17,6 +17,24 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a coordinator and matchers in this process on loopback, with generated
+    /// certificates (the way to try Sift).
+    Dev(cli::dev::DevArgs),
+    /// Run a coordinator.
+    Coordinator(cli::serve::CoordinatorArgs),
+    /// Run a matcher.
+    Matcher(cli::serve::MatcherArgs),
+    /// Publish events.
+    Pub(cli::pubsub::PubArgs),
+    /// Subscribe and print one JSON object per notification.
+    Sub(cli::pubsub::SubArgs),
+    /// Show the ring: members, weights, shares of the hash space, version.
+    Ring(cli::cluster::RingArgs),
+    /// Operator commands: list, drain or remove matchers.
+    Admin {
+        #[command(subcommand)]
+        command: cli::cluster::AdminCommand,
+    },
     /// Work with filter expressions.
     Filter {
         #[command(subcommand)]
@@ -26,7 +44,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Filter { command } => cli::filter::run(command),
+    let result = match cli.command {
+        Command::Filter { command } => return cli::filter::run(command),
+        Command::Dev(args) => cli::dev::run(args),
+        Command::Coordinator(args) => cli::serve::coordinator(args),
+        Command::Matcher(args) => cli::serve::matcher(args),
+        Command::Pub(args) => cli::pubsub::publish(args),
+        Command::Sub(args) => cli::pubsub::subscribe(args),
+        Command::Ring(args) => cli::cluster::ring(args),
+        Command::Admin { command } => cli::cluster::admin(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            cli::err(&format!("error: {e:#}"));
+            ExitCode::FAILURE
+        }
     }
 }

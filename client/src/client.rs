@@ -627,7 +627,7 @@ async fn fetch_ring(inner: &Inner) -> Result<Ring, ClientError> {
     }
 }
 
-async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connection, ClientError> {
+pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connection, ClientError> {
     let connecting = inner
         .endpoint
         .connect(inner.config.coordinator, &inner.config.server_name)

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod client;
 mod config;
 mod error;
@@ -28,6 +29,6 @@ mod subscription;
 pub use client::{AttrValue, Client, Message};
 pub use config::ClientConfig;
 pub use error::ClientError;
-pub use sift_protocol::frame::{EndReason, ErrorCode};
+pub use sift_protocol::frame::{EndReason, ErrorCode, NodeState, NodeStatus, Ring, RingMember};
 pub use sift_protocol::{Attributes, Event, EventId, SubscriptionId, Value};
 pub use subscription::{Notification, SubscribeBuilder, Subscription};

@@ -1,12 +1,19 @@
 //! Subcommands of the `sift` binary and their terminal output.
 
+pub mod cluster;
+pub mod common;
+pub mod dev;
 pub mod filter;
+pub mod pubsub;
+pub mod serve;
 
 use std::io::Write;
 
 /// Writes one line to stdout (the CLI's own output). A closed pipe is not an error.
 pub fn out(line: &str) {
-    let _ = writeln!(std::io::stdout(), "{line}");
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 /// Writes one line to stderr.

@@ -162,11 +162,15 @@ impl FrameWriter {
         self.flush().await
     }
 
-    /// Flushes and finishes the stream (the peer sees a clean end).
+    /// Flushes and finishes the stream (the peer sees a clean end), then waits until the peer
+    /// has acknowledged all of it (or stopped the stream, or the connection ended), so that
+    /// closing the connection right after loses nothing.
     pub async fn finish(mut self) -> Result<(), NetError> {
         self.flush().await?;
         // Finishing an already-reset stream is not an error worth reporting.
-        let _ = self.send.finish();
+        if self.send.finish().is_ok() {
+            let _ = self.send.stopped().await;
+        }
         Ok(())
     }
 

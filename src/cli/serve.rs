@@ -1,0 +1,246 @@
+//! `sift coordinator` and `sift matcher`: the real processes. Each setting comes from a flag,
+//! else an environment variable, else the TOML file given with `--config`, else its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use sift_coordinator::{Coordinator, CoordinatorConfig};
+use sift_matcher::{Matcher, MatcherConfig, SlowConsumer};
+use sift_protocol::net::tls::{client_config, server_config, CertifiedKey};
+
+use super::common;
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&PathBuf>) -> Result<T> {
+    match path {
+        None => Ok(T::default()),
+        Some(p) => {
+            toml::from_str(&read(p)?).with_context(|| format!("invalid config {}", p.display()))
+        }
+    }
+}
+
+fn tls(cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<CertifiedKey> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(CertifiedKey { cert_pem: read(c)?, key_pem: read(k)? }),
+        _ => bail!("a certificate and its key are required (--cert and --key, or cert/key in the config file)"),
+    }
+}
+
+/// Arguments of `sift coordinator`.
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// A TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "SIFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where to listen (UDP), `ip:port`. Default 0.0.0.0:7400.
+    #[arg(long, env = "SIFT_LISTEN")]
+    pub listen: Option<String>,
+    /// The node certificate (PEM).
+    #[arg(long, env = "SIFT_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SIFT_KEY")]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, env = "SIFT_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// A matcher silent this long leaves the ring (e.g. 2500ms).
+    #[arg(long, env = "SIFT_DEAD_AFTER", value_parser = common::duration)]
+    pub dead_after: Option<Duration>,
+    /// Logs as JSON lines.
+    #[arg(long, env = "SIFT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorFile {
+    listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    dead_after: Option<String>,
+}
+
+/// Runs a coordinator until SIGTERM or Ctrl-C.
+pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    common::init_logs(args.log_json, "info");
+    let file: CoordinatorFile = load(args.config.as_ref())?;
+    let mut config = CoordinatorConfig::default();
+    if let Some(l) = args.listen.or(file.listen) {
+        config.listen = common::resolve(&l)?;
+    }
+    if let Some(d) = args
+        .dead_after
+        .map(Ok)
+        .or(file.dead_after.map(|d| common::duration(&d)))
+    {
+        config.dead_after = d.map_err(anyhow::Error::msg)?;
+    }
+    let cert = tls(
+        args.cert.as_ref().or(file.cert.as_ref()),
+        args.key.as_ref().or(file.key.as_ref()),
+    )?;
+    let client_ca = args
+        .client_ca
+        .or(file.client_ca)
+        .map(|p| read(&p))
+        .transpose()?;
+    let tls = server_config(&cert, client_ca.as_deref())?;
+    common::runtime()?.block_on(async move {
+        let c = Coordinator::start(config, tls).context("cannot start the coordinator")?;
+        common::shutdown_signal().await;
+        tracing::info!("stopping");
+        c.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Arguments of `sift matcher`.
+#[derive(Args, Debug)]
+pub struct MatcherArgs {
+    /// A TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "SIFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Stable identity in the ring.
+    #[arg(long, env = "SIFT_ID")]
+    pub id: Option<String>,
+    /// Where to listen (UDP), `ip:port`. Default 0.0.0.0:7401.
+    #[arg(long, env = "SIFT_LISTEN")]
+    pub listen: Option<String>,
+    /// The `host:port` clients should use. Default: the listen address.
+    #[arg(long, env = "SIFT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Relative weight in the ring (1..=100).
+    #[arg(long, env = "SIFT_WEIGHT")]
+    pub weight: Option<u32>,
+    /// The coordinator, `host:port`; without it the matcher runs standalone.
+    #[arg(long, env = "SIFT_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// The TLS name on the coordinator's certificate.
+    #[arg(long, env = "SIFT_COORDINATOR_NAME")]
+    pub coordinator_name: Option<String>,
+    /// The CA that signed the coordinator's certificate (PEM).
+    #[arg(long, env = "SIFT_CA")]
+    pub ca: Option<PathBuf>,
+    /// The node certificate (PEM).
+    #[arg(long, env = "SIFT_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SIFT_KEY")]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, env = "SIFT_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Require clients to present this token.
+    #[arg(long, env = "SIFT_TOKEN")]
+    pub token: Option<String>,
+    /// Notifications queued per subscription before the slow-consumer policy applies.
+    #[arg(long, env = "SIFT_QUEUE_LEN")]
+    pub queue_len: Option<usize>,
+    /// `drop-oldest` or `disconnect`.
+    #[arg(long, env = "SIFT_SLOW_CONSUMER")]
+    pub slow_consumer: Option<String>,
+    /// Redeliver an unacked at-least-once notification after this (e.g. 2s).
+    #[arg(long, env = "SIFT_ACK_TIMEOUT", value_parser = common::duration)]
+    pub ack_timeout: Option<Duration>,
+    /// Logs as JSON lines.
+    #[arg(long, env = "SIFT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct MatcherFile {
+    id: Option<String>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    weight: Option<u32>,
+    coordinator: Option<String>,
+    coordinator_name: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    token: Option<String>,
+    queue_len: Option<usize>,
+    slow_consumer: Option<String>,
+    ack_timeout: Option<String>,
+}
+
+/// Runs a matcher until SIGTERM or Ctrl-C.
+pub fn matcher(args: MatcherArgs) -> Result<()> {
+    common::init_logs(args.log_json, "info");
+    let f: MatcherFile = load(args.config.as_ref())?;
+    let mut config = MatcherConfig::default();
+    if let Some(id) = args.id.or(f.id) {
+        config.id = id;
+    }
+    if let Some(l) = args.listen.or(f.listen) {
+        config.listen = common::resolve(&l)?;
+    }
+    config.advertise = args.advertise.or(f.advertise);
+    if let Some(w) = args.weight.or(f.weight) {
+        if !(1..=sift_protocol::ring::WEIGHT_MAX).contains(&w) {
+            bail!("--weight must be 1 to {}", sift_protocol::ring::WEIGHT_MAX);
+        }
+        config.weight = w;
+    }
+    config.token = args.token.or(f.token);
+    if let Some(q) = args.queue_len.or(f.queue_len) {
+        config.queue_len_max = q.max(1);
+    }
+    if let Some(p) = args.slow_consumer.or(f.slow_consumer) {
+        config.slow_consumer = match p.as_str() {
+            "drop-oldest" => SlowConsumer::DropOldest,
+            "disconnect" => SlowConsumer::Disconnect,
+            other => bail!("--slow-consumer must be drop-oldest or disconnect, not {other:?}"),
+        };
+    }
+    if let Some(d) = args
+        .ack_timeout
+        .map(Ok)
+        .or(f.ack_timeout.map(|d| common::duration(&d)))
+    {
+        config.ack_timeout = d.map_err(anyhow::Error::msg)?;
+    }
+    let cert = tls(
+        args.cert.as_ref().or(f.cert.as_ref()),
+        args.key.as_ref().or(f.key.as_ref()),
+    )?;
+    let client_ca = args
+        .client_ca
+        .or(f.client_ca)
+        .map(|p| read(&p))
+        .transpose()?;
+    let tls = server_config(&cert, client_ca.as_deref())?;
+    let to_coordinator = match args.coordinator.or(f.coordinator) {
+        Some(addr) => {
+            let name = args
+                .coordinator_name
+                .or(f.coordinator_name)
+                .unwrap_or_else(|| "localhost".into());
+            config.coordinator = Some((common::resolve(&addr)?, name));
+            let ca_path = args
+                .ca
+                .or(f.ca)
+                .context("--ca is required with --coordinator")?;
+            Some(client_config(&read(&ca_path)?, None)?)
+        }
+        None => None,
+    };
+    common::runtime()?.block_on(async move {
+        let m = Matcher::start(config, tls, to_coordinator).context("cannot start the matcher")?;
+        common::shutdown_signal().await;
+        tracing::info!("stopping");
+        m.shutdown().await;
+        Ok(())
+    })
+}
