@@ -64,6 +64,34 @@ impl ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// The cluster of a local `sift dev` whose data directory is `dir` (its `coordinator` and
+    /// `ca.pem` files).
+    pub fn local_dev(dir: impl AsRef<std::path::Path>) -> Result<ClientConfig, ClientError> {
+        let dir = dir.as_ref();
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| {
+                ClientError::Config(format!(
+                    "{}: {e} (is `sift dev` running?)",
+                    dir.join(name).display()
+                ))
+            })
+        };
+        let coordinator = resolve(read("coordinator")?.trim())?;
+        Ok(ClientConfig::new(coordinator, read("ca.pem")?))
+    }
+
+    /// [`ClientConfig::from_env`] when `SIFT_COORDINATOR` is set, else the local `sift dev`
+    /// cluster in `./.sift-dev`.
+    pub fn from_env_or_dev() -> Result<ClientConfig, ClientError> {
+        if std::env::var_os("SIFT_COORDINATOR").is_some() {
+            ClientConfig::from_env()
+        } else {
+            ClientConfig::local_dev(".sift-dev")
+        }
+    }
+}
+
 /// Resolves `host:port` to a socket address.
 pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
     use std::net::ToSocketAddrs;

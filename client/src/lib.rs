@@ -6,6 +6,9 @@
 //! owns the topic (every matcher, for patterns), follows `not-owner` answers and ring changes,
 //! renews leases, reconnects and subscribes again when a matcher goes away.
 //!
+//! Runnable programs are in `client/examples/` (`publish`, `subscribe`, `callback`, and the
+//! `fanout` and `latency` measurements).
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), sift_client::ClientError> {
 //! use futures::StreamExt;
