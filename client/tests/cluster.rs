@@ -250,3 +250,88 @@ async fn groups_spread_evenly_and_keys_stick() {
     publisher.close().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn set_filter_switches_without_a_gap_or_a_duplicate() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client().await;
+    let publisher = cluster.client().await;
+    bounded(async {
+        // Even sequence numbers are "a", odd ones "b". The filter widens from "a" to "a or b"
+        // while events keep coming: every "a" must arrive exactly once and in order, and the
+        // "b" events must arrive from some point on, all of them, each once.
+        let mut sub = client
+            .subscribe("switch")
+            .filter("k == \"a\"")
+            .start()
+            .await
+            .unwrap();
+        let (switched_tx, mut switched_rx) = tokio::sync::oneshot::channel::<()>();
+        let p = publisher.clone();
+        let producer = tokio::spawn(async move {
+            let mut seq: i64 = 0;
+            let mut after_switch = 0;
+            // Until the switch is confirmed, then 200 more.
+            while after_switch < 200 {
+                let k = if seq % 2 == 0 { "a" } else { "b" };
+                p.publish_acked(Message::new("switch").attr("seq", seq).attr("k", k))
+                    .await
+                    .unwrap();
+                seq += 1;
+                if after_switch > 0 || switched_rx.try_recv().is_ok() {
+                    after_switch += 1;
+                }
+            }
+            seq // one past the last published
+        });
+        let mut got = vec![];
+        while got.len() < 50 {
+            let n = sub.next().await.unwrap();
+            got.push(n.event.attrs["seq"].clone());
+        }
+        sub.set_filter("k == \"a\" || k == \"b\"").await.unwrap();
+        switched_tx.send(()).unwrap();
+        let end = producer.await.unwrap();
+        let last = end - 1;
+        loop {
+            let n = sub.next().await.unwrap();
+            let seq = n.event.attrs["seq"].clone();
+            got.push(seq.clone());
+            if seq == Value::Int(last) {
+                break;
+            }
+        }
+        let seqs: Vec<i64> = got
+            .iter()
+            .map(|v| match v {
+                Value::Int(i) => *i,
+                other => panic!("seq is an integer, got {other:?}"),
+            })
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "in order, no duplicates: {seqs:?}"
+        );
+        let evens: Vec<i64> = seqs.iter().copied().filter(|s| s % 2 == 0).collect();
+        assert_eq!(
+            evens,
+            (0..end).filter(|s| s % 2 == 0).collect::<Vec<_>>(),
+            "every event matching both filters arrived"
+        );
+        let odds: Vec<i64> = seqs.iter().copied().filter(|s| s % 2 == 1).collect();
+        let first_b = *odds.first().expect("events after the switch arrived");
+        assert_eq!(
+            odds,
+            (first_b..end).filter(|s| s % 2 == 1).collect::<Vec<_>>(),
+            "from the switch on, every new match arrived"
+        );
+        assert!(
+            end - first_b >= 198,
+            "the events published after set_filter returned all match the new filter"
+        );
+    })
+    .await;
+    client.close().await;
+    publisher.close().await;
+    cluster.shutdown().await;
+}

@@ -449,3 +449,46 @@ async fn requests_for_another_matchers_topic_get_not_owner() {
     }
     coordinator.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_vanishing_mid_frame_loses_its_subscriptions_and_others_go_on() {
+    let s = standalone(|_| {});
+    let run = async {
+        let addr = s.matcher.local_addr().unwrap();
+        let mut gone = Raw::connect(&s.client, addr).await;
+        for id in 1..=3 {
+            assert!(matches!(
+                gone.subscribe(id, "news", DeliveryMode::AtLeastOnce).await,
+                Frame::Subscribed { .. }
+            ));
+        }
+        let mut stay = Raw::connect(&s.client, addr).await;
+        assert!(matches!(
+            stay.subscribe(9, "news", DeliveryMode::AtMostOnce).await,
+            Frame::Subscribed { .. }
+        ));
+        assert_eq!(s.matcher.stats().await.unwrap().subscriptions, 4);
+        // Half a frame: the length says 100 bytes, 10 arrive, then the connection is gone.
+        let mut partial = 100u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0, 1, 0x82, 0xa1, b'x', 0, 0, 0, 0, 0]);
+        gone.w.stream().write_all(&partial).await.unwrap();
+        gone.conn.close(0u32.into(), b"gone");
+        drop(gone);
+        // The matcher forgets the vanished client's subscriptions...
+        loop {
+            if s.matcher.stats().await.unwrap().subscriptions == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // ...and keeps serving the others.
+        assert!(matches!(
+            stay.publish("news", 1, 16).await,
+            Frame::PublishAck { .. }
+        ));
+        let mut stream = FrameReader::new(stay.conn.accept_uni().await.unwrap(), FRAME_BYTES_MAX);
+        assert_eq!(next_notify(&mut stream).await.event.id.seq, 1);
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    s.matcher.shutdown().await;
+}
