@@ -26,7 +26,7 @@ async fn main() -> Result<(), ClientError> {
             .subscribe_with(builder, move |handle, event| {
                 let _ = seen.send(());
                 println!(
-                    "worker {worker} ({handle}) ships for {:?}",
+                    "worker {worker} ({handle}) ships for {}",
                     event.attrs["customer"]
                 );
             })

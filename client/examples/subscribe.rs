@@ -27,10 +27,16 @@ async fn main() -> Result<(), ClientError> {
         orders.handle()
     );
     while let Some(n) = orders.next().await {
+        let attrs: Vec<String> = n
+            .event
+            .attrs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!(
-            "{} {:?} {}",
+            "{} [{}] {}",
             n.event.topic,
-            n.event.attrs,
+            attrs.join(" "),
             String::from_utf8_lossy(&n.event.payload)
         );
         n.ack().await?;

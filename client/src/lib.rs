@@ -35,3 +35,8 @@ pub use error::ClientError;
 pub use sift_protocol::frame::{EndReason, ErrorCode, NodeState, NodeStatus, Ring, RingMember};
 pub use sift_protocol::{Attributes, Event, EventId, SubscriptionId, Value};
 pub use subscription::{Notification, SubscribeBuilder, Subscription};
+
+/// The README's SDK example, compiled as a doctest so that it stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
