@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::backoff::{self, Backoff};
 use crate::node::{self, Request};
 use crate::subscription::{Acker, Notification, Spec};
 use crate::{ClientConfig, ClientError};
@@ -117,6 +118,16 @@ struct NodeHandle {
     tx: mpsc::Sender<Request>,
 }
 
+/// One matcher address: its live connection, or when the next attempt may be made after
+/// failed ones. Each address has its own slot, so a matcher that does not answer delays
+/// only the requests meant for it.
+#[derive(Default)]
+struct NodeSlot {
+    handle: Option<NodeHandle>,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+}
+
 /// A subscription's bookkeeping in the client.
 pub(crate) struct SubState {
     pub(crate) spec: Spec,
@@ -138,7 +149,7 @@ pub(crate) struct Inner {
     seq: AtomicU64,
     req: AtomicU64,
     ring: watch::Sender<Option<Arc<Placement>>>,
-    nodes: tokio::sync::Mutex<HashMap<String, NodeHandle>>,
+    nodes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<NodeSlot>>>>,
     pub(crate) subs: Mutex<HashMap<SubscriptionId, SubState>>,
     pub(crate) closed: AtomicBool,
     pub(crate) cancel: CancellationToken,
@@ -167,8 +178,8 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// Time the ring watcher waits between attempts to reach the coordinator.
-const RING_RETRY: Duration = Duration::from_millis(200);
+/// How long `close` lets the endpoint send its connection closes.
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
 /// How often a client polls a node that cannot push the ring (a standalone matcher).
 const RING_POLL: Duration = Duration::from_secs(1);
 
@@ -185,7 +196,7 @@ impl Client {
             seq: AtomicU64::new(1),
             req: AtomicU64::new(1),
             ring: ring_tx,
-            nodes: tokio::sync::Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -266,7 +277,7 @@ impl Client {
                 Ok(()) => return Ok(id),
                 Err(e)
                     if attempt <= self.inner.config.retries_max
-                        && self.inner.retryable(&e).await =>
+                        && self.inner.retryable(&e, attempt).await =>
                 {
                     continue
                 }
@@ -299,16 +310,20 @@ impl Client {
             let _ = self.unsubscribe(id).await;
         }
         self.inner.cancel.cancel();
-        self.inner.nodes.lock().await.clear();
+        self.inner
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.inner.tasks.close();
         let _ =
             tokio::time::timeout(self.inner.config.request_timeout, self.inner.tasks.wait()).await;
+        // The requests are answered and the streams finished by now; closing sends each peer
+        // its CONNECTION_CLOSE at once. Waiting for idle only lets those packets out: bounded
+        // short, because a handshake abandoned with an unreachable matcher lingers in quinn
+        // for its draining period (seconds) with nothing left to say.
         self.inner.endpoint.close(0u32.into(), b"closed");
-        let _ = tokio::time::timeout(
-            self.inner.config.request_timeout,
-            self.inner.endpoint.wait_idle(),
-        )
-        .await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.endpoint.wait_idle()).await;
     }
 }
 
@@ -373,19 +388,30 @@ impl Inner {
             .ok_or_else(|| ClientError::NoMatcher("the ring is empty".into()))
     }
 
-    /// Whether `e` is worth a retry; refreshes the ring first when it is stale.
-    pub(crate) async fn retryable(&self, e: &ClientError) -> bool {
+    /// Whether `e` is worth retry number `attempt`; refreshes the ring first when it may be
+    /// stale, and backs off (exponentially, with jitter) when a matcher could not be reached.
+    pub(crate) async fn retryable(&self, e: &ClientError, attempt: u32) -> bool {
         match e {
             ClientError::Refused {
                 code: ErrorCode::NotOwner,
                 message,
             } => {
                 debug!(%message, "not the owner; refreshing the ring");
+                if attempt > 1 {
+                    // The ring did not settle it at once: do not spin while it converges.
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff::random_delay(attempt - 1)) => {}
+                    }
+                }
                 self.refresh_ring().await;
                 true
             }
             ClientError::Timeout | ClientError::Connection(_) | ClientError::NoMatcher(_) => {
-                tokio::time::sleep(RING_RETRY).await;
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff::random_delay(attempt)) => {}
+                }
                 self.refresh_ring().await;
                 !self.closed.load(Ordering::Relaxed)
             }
@@ -417,45 +443,89 @@ impl Inner {
         }
     }
 
+    /// The connection to the matcher at `addr`, made if needed. After a failed attempt the
+    /// next one waits out a backoff; requests in the meantime fail at once with
+    /// [`ClientError::Connection`] (callers retry, usually on a newer ring).
     async fn node(self: &Arc<Self>, addr: &str) -> Result<NodeHandle, ClientError> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(ClientError::Closed);
-        }
-        let mut nodes = self.nodes.lock().await;
-        if let Some(n) = nodes.get(addr) {
+        let slot = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(n) = &slot.handle {
             if !n.tx.is_closed() {
                 return Ok(n.clone());
             }
         }
+        // A closing client still uses its connections (to unsubscribe) but makes no new ones.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Closed);
+        }
+        let now = Instant::now();
+        if let Some(at) = slot.retry_at.filter(|at| *at > now) {
+            return Err(ClientError::Connection(format!(
+                "{addr} is unreachable; next attempt in {} ms",
+                (at - now).as_millis()
+            )));
+        }
+        match self.connect_node(addr).await {
+            Ok(handle) => {
+                slot.backoff.reset();
+                slot.retry_at = None;
+                slot.handle = Some(handle.clone());
+                Ok(handle)
+            }
+            Err(e) => {
+                slot.handle = None;
+                let wait = slot.backoff.failed(rand::random());
+                slot.retry_at = Some(Instant::now() + wait);
+                debug!(%addr, error = %e, retry_in_ms = wait.as_millis() as u64, "matcher unreachable");
+                Err(e)
+            }
+        }
+    }
+
+    /// Connects to a matcher, presents the token if there is one, and starts the connection's
+    /// task.
+    async fn connect_node(self: &Arc<Self>, addr: &str) -> Result<NodeHandle, ClientError> {
         let sock = crate::config::resolve(addr)?;
         let connecting = self
             .endpoint
             .connect(sock, &self.config.server_name)
             .map_err(|e| ClientError::Connection(e.to_string()))?;
-        let conn = tokio::time::timeout(self.config.request_timeout, connecting)
+        let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
             .await
-            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Connection(format!("{addr}: no answer to the handshake")))?
             .map_err(|e| ClientError::Connection(format!("{addr}: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
         let handle = NodeHandle { tx };
-        if let Some(token) = &self.config.token {
+        let hello = self.config.token.as_ref().map(|token| {
             let req = self.next_req();
             let (reply_tx, reply_rx) = oneshot::channel();
-            let hello = Request {
-                frame: Frame::Hello {
-                    req,
-                    token: Some(token.clone()),
-                },
-                reply: Some((req, reply_tx)),
+            let frame = Frame::Hello {
+                req,
+                token: Some(token.clone()),
             };
-            let _ = handle.tx.send(hello).await;
-            self.tasks.spawn(node::run(
-                conn,
-                rx,
-                Arc::downgrade(self),
-                addr.to_owned(),
-                FRAME_BYTES_MAX,
-            ));
+            (
+                Request {
+                    frame,
+                    reply: Some((req, reply_tx)),
+                },
+                reply_rx,
+            )
+        });
+        self.tasks.spawn(node::run(
+            conn,
+            rx,
+            Arc::downgrade(self),
+            addr.to_owned(),
+            FRAME_BYTES_MAX,
+        ));
+        if let Some((request, reply_rx)) = hello {
+            let _ = handle.tx.send(request).await;
             match tokio::time::timeout(self.config.request_timeout, reply_rx).await {
                 Ok(Ok(Frame::Ok { .. })) => {}
                 _ => {
@@ -465,16 +535,7 @@ impl Inner {
                     })
                 }
             }
-        } else {
-            self.tasks.spawn(node::run(
-                conn,
-                rx,
-                Arc::downgrade(self),
-                addr.to_owned(),
-                FRAME_BYTES_MAX,
-            ));
         }
-        nodes.insert(addr.to_owned(), handle.clone());
         Ok(handle)
     }
 
@@ -632,7 +693,7 @@ pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connecti
         .endpoint
         .connect(inner.config.coordinator, &inner.config.server_name)
         .map_err(|e| ClientError::Connection(e.to_string()))?;
-    tokio::time::timeout(inner.config.request_timeout, connecting)
+    tokio::time::timeout(inner.config.connect_timeout, connecting)
         .await
         .map_err(|_| ClientError::Timeout)?
         .map_err(|e| {
@@ -643,9 +704,11 @@ pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connecti
 /// Keeps the ring current: watches it on the coordinator, or polls a node that cannot push
 /// it (a standalone matcher), reconnecting as needed.
 async fn watch_ring(inner: std::sync::Weak<Inner>) {
+    let mut backoff = Backoff::default();
     loop {
         let Some(me) = inner.upgrade() else { return };
         let cancel = me.cancel.clone();
+        let mut got_ring = false;
         let session = async {
             let conn = connect_coordinator(&me).await?;
             let (send, recv) = conn
@@ -663,7 +726,10 @@ async fn watch_ring(inner: std::sync::Weak<Inner>) {
                     .await
                     .map_err(|e| ClientError::Connection(e.to_string()))?
                 {
-                    Some(Frame::Ring { ring, .. }) => me.set_ring(ring),
+                    Some(Frame::Ring { ring, .. }) => {
+                        got_ring = true;
+                        me.set_ring(ring);
+                    }
                     Some(Frame::Error(_)) => {
                         // Not a coordinator: poll instead.
                         loop {
@@ -681,9 +747,12 @@ async fn watch_ring(inner: std::sync::Weak<Inner>) {
             r = session => if let Err(e) = r { debug!(error = %e, "ring watch lost") },
         }
         drop(me);
+        if got_ring {
+            backoff.reset();
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(RING_RETRY) => {}
+            _ = tokio::time::sleep(backoff.failed(rand::random())) => {}
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// How long to wait for an answer. Default 5 s.
     pub request_timeout: Duration,
+    /// How long to wait for a matcher or the coordinator to answer a connection attempt.
+    /// A matcher that does not is retried with exponential backoff (50 ms doubling to 2 s,
+    /// with jitter) while requests go where the ring says. Default 2 s.
+    pub connect_timeout: Duration,
     /// How many times a request refused with `not-owner` (or lost with a connection) is
     /// retried after the ring is refreshed. Default 8.
     pub retries_max: u32,
@@ -39,6 +43,7 @@ impl ClientConfig {
             client_cert: None,
             token: None,
             request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
             retries_max: 8,
             buffer_len: 4096,
         }

@@ -23,6 +23,7 @@
 //! ```
 
 mod admin;
+mod backoff;
 mod client;
 mod config;
 mod error;

@@ -291,7 +291,7 @@ impl SubscribeBuilder {
                 moving: false,
             },
         );
-        if let Err(e) = place(&inner, id).await {
+        if let Err(e) = place(&inner, id, Some(inner.config.retries_max)).await {
             if let Some(nodes) = inner.finish(id, EndReason::Unsubscribed) {
                 for addr in nodes {
                     let req = inner.next_req();
@@ -326,8 +326,14 @@ fn targets(inner: &Inner, spec: &Spec) -> Result<Vec<String>, ClientError> {
 }
 
 /// Subscribes on every target where the subscription is not live yet, retrying after
-/// `not-owner` answers and lost connections.
-pub(crate) async fn place(inner: &Arc<Inner>, id: SubscriptionId) -> Result<(), ClientError> {
+/// `not-owner` answers and lost connections: up to `retries_max` times, or with `None` until
+/// it works, the client closes or the cluster refuses it for good.
+pub(crate) async fn place(
+    inner: &Arc<Inner>,
+    id: SubscriptionId,
+    retries_max: Option<u32>,
+) -> Result<(), ClientError> {
+    let may_retry = |attempt: u32| retries_max.is_none_or(|max| attempt <= max);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -341,7 +347,7 @@ pub(crate) async fn place(inner: &Arc<Inner>, id: SubscriptionId) -> Result<(), 
         let targets = targets(inner, &spec)?;
         if targets.is_empty() {
             let e = ClientError::NoMatcher("the ring is empty".into());
-            if attempt <= inner.config.retries_max && inner.retryable(&e).await {
+            if may_retry(attempt) && inner.retryable(&e, attempt).await {
                 continue;
             }
             return Err(e);
@@ -368,7 +374,7 @@ pub(crate) async fn place(inner: &Arc<Inner>, id: SubscriptionId) -> Result<(), 
         }
         match failure {
             None => return Ok(()),
-            Some(e) if attempt <= inner.config.retries_max && inner.retryable(&e).await => continue,
+            Some(e) if may_retry(attempt) && inner.retryable(&e, attempt).await => continue,
             Some(e) => return Err(e),
         }
     }
@@ -411,7 +417,12 @@ pub(crate) fn spawn_replace(inner: Arc<Inner>, id: SubscriptionId) {
     }
     let tasks = inner.tasks.clone();
     tasks.spawn(async move {
-        let result = place(&inner, id).await;
+        // A subscription the application holds is not given up while the cluster is away.
+        let cancel = inner.cancel.clone();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = place(&inner, id, None) => r,
+        };
         if let Some(s) = inner.subs().get_mut(&id) {
             s.moving = false;
         }

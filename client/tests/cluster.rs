@@ -335,3 +335,24 @@ async fn set_filter_switches_without_a_gap_or_a_duplicate() {
     publisher.close().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn close_unsubscribes_on_every_matcher() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client().await;
+    bounded(async {
+        let _exact = client.subscribe("a.b").start().await.unwrap();
+        let _pattern = client.subscribe("a.*").start().await.unwrap();
+        let mut held = 0;
+        for m in &cluster.matchers {
+            held += m.stats().await.unwrap().subscriptions;
+        }
+        assert_eq!(held, 3, "the exact one on its owner, the pattern on both");
+        client.close().await;
+        for m in &cluster.matchers {
+            assert_eq!(m.stats().await.unwrap().subscriptions, 0);
+        }
+    })
+    .await;
+    cluster.shutdown().await;
+}

@@ -283,3 +283,53 @@ async fn at_least_once_end_to_end_sees_each_event_once() {
     client.close().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_subscription_survives_its_matcher_dying() {
+    let mut cluster = Cluster::start(2).await;
+    let client = cluster.client().await;
+    let topic = topic_owned_by(&["m1", "m2"], "m1");
+    bounded(async {
+        let mut sub = client.subscribe(topic.clone()).start().await.unwrap();
+        let mut pattern = client.subscribe("moving.>").start().await.unwrap();
+        client
+            .publish_acked(Message::new(&topic).attr("n", 0))
+            .await
+            .unwrap();
+        assert!(sub.next().await.is_some());
+        assert!(pattern.next().await.is_some());
+        // m1 stops without a word to the coordinator: the ring keeps it until its heartbeats
+        // are missed (1.5 s here), and the client must keep trying until then.
+        let i = cluster
+            .matchers
+            .iter()
+            .position(|m| m.member().id == "m1")
+            .unwrap();
+        cluster.matchers.remove(i).shutdown().await;
+        let mut ring = cluster.coordinator.watch();
+        ring.wait_for(|r| r.members.iter().all(|m| m.id != "m1"))
+            .await
+            .unwrap();
+        publish_until_received(&client, &topic, &mut sub, 1).await;
+        assert!(sub.end_reason().is_none());
+        // The pattern subscription lives on m2 and sees the topic's new events too.
+        let mut m = 100;
+        'outer: loop {
+            client
+                .publish_acked(Message::new(&topic).attr("n", m))
+                .await
+                .unwrap();
+            while let Ok(Some(n)) =
+                tokio::time::timeout(Duration::from_millis(300), pattern.next()).await
+            {
+                if matches!(n.event.attrs["n"], Value::Int(k) if k >= 100) {
+                    break 'outer;
+                }
+            }
+            m += 1;
+        }
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}
