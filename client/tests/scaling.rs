@@ -99,6 +99,28 @@ async fn a_joining_matcher_takes_its_topics_and_clients_follow() {
     cluster.shutdown().await;
 }
 
+/// Publishes numbered events (from 100) until `pattern` receives one of them: older events may
+/// still be queued before them, and the subscription may need a moment to be placed again.
+async fn publish_until_pattern_sees_new(
+    client: &sift_client::Client,
+    topic: &str,
+    pattern: &mut Subscription,
+) {
+    for m in 100.. {
+        client
+            .publish_acked(Message::new(topic).attr("n", m))
+            .await
+            .unwrap();
+        while let Ok(Some(n)) =
+            tokio::time::timeout(Duration::from_millis(300), pattern.next()).await
+        {
+            if matches!(n.event.attrs["n"], Value::Int(k) if k >= 100) {
+                return;
+            }
+        }
+    }
+}
+
 async fn admin(cluster: &Cluster, frame: Frame) -> Frame {
     let endpoint = client_endpoint(client_config(&cluster.ca.cert_pem, None).unwrap()).unwrap();
     let conn = endpoint
@@ -147,21 +169,7 @@ async fn a_subscription_survives_its_matcher_being_drained() {
         publish_until_received(&client, &topic, &mut sub, 1).await;
         // The pattern subscription, on both matchers before, lives on m2 alone now: it sees
         // events published after the drain (older ones may still be queued before them).
-        let mut m = 100;
-        'outer: loop {
-            client
-                .publish_acked(Message::new(&topic).attr("n", m))
-                .await
-                .unwrap();
-            while let Ok(Some(n)) =
-                tokio::time::timeout(Duration::from_millis(300), pattern.next()).await
-            {
-                if matches!(n.event.attrs["n"], Value::Int(k) if k >= 100) {
-                    break 'outer;
-                }
-            }
-            m += 1;
-        }
+        publish_until_pattern_sees_new(&client, &topic, &mut pattern).await;
         let m2 = cluster
             .matchers
             .iter()
@@ -313,21 +321,7 @@ async fn a_subscription_survives_its_matcher_dying() {
         publish_until_received(&client, &topic, &mut sub, 1).await;
         assert!(sub.end_reason().is_none());
         // The pattern subscription lives on m2 and sees the topic's new events too.
-        let mut m = 100;
-        'outer: loop {
-            client
-                .publish_acked(Message::new(&topic).attr("n", m))
-                .await
-                .unwrap();
-            while let Ok(Some(n)) =
-                tokio::time::timeout(Duration::from_millis(300), pattern.next()).await
-            {
-                if matches!(n.event.attrs["n"], Value::Int(k) if k >= 100) {
-                    break 'outer;
-                }
-            }
-            m += 1;
-        }
+        publish_until_pattern_sees_new(&client, &topic, &mut pattern).await;
     })
     .await;
     client.close().await;

@@ -26,11 +26,22 @@ fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&PathBuf>) -> Resul
     }
 }
 
-fn tls(cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<CertifiedKey> {
-    match (cert, key) {
-        (Some(c), Some(k)) => Ok(CertifiedKey { cert_pem: read(c)?, key_pem: read(k)? }),
-        _ => bail!("a certificate and its key are required (--cert and --key, or cert/key in the config file)"),
-    }
+/// The node's TLS: its certificate and key, and the CA client certificates must be signed by
+/// when mutual TLS is on.
+fn node_tls(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<quinn::ServerConfig> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        bail!("a certificate and its key are required (--cert and --key, or cert/key in the config file)");
+    };
+    let cert = CertifiedKey {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+    };
+    let client_ca = client_ca.map(|p| read(&p)).transpose()?;
+    Ok(server_config(&cert, client_ca.as_deref())?)
 }
 
 /// Arguments of `sift coordinator`.
@@ -84,16 +95,11 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     {
         config.dead_after = d.map_err(anyhow::Error::msg)?;
     }
-    let cert = tls(
+    let tls = node_tls(
         args.cert.as_ref().or(file.cert.as_ref()),
         args.key.as_ref().or(file.key.as_ref()),
+        args.client_ca.or(file.client_ca),
     )?;
-    let client_ca = args
-        .client_ca
-        .or(file.client_ca)
-        .map(|p| read(&p))
-        .transpose()?;
-    let tls = server_config(&cert, client_ca.as_deref())?;
     common::runtime()?.block_on(async move {
         let c = Coordinator::start(config, tls).context("cannot start the coordinator")?;
         common::shutdown_signal().await;
@@ -211,16 +217,11 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
     {
         config.ack_timeout = d.map_err(anyhow::Error::msg)?;
     }
-    let cert = tls(
+    let tls = node_tls(
         args.cert.as_ref().or(f.cert.as_ref()),
         args.key.as_ref().or(f.key.as_ref()),
+        args.client_ca.or(f.client_ca),
     )?;
-    let client_ca = args
-        .client_ca
-        .or(f.client_ca)
-        .map(|p| read(&p))
-        .transpose()?;
-    let tls = server_config(&cert, client_ca.as_deref())?;
     let to_coordinator = match args.coordinator.or(f.coordinator) {
         Some(addr) => {
             let name = args
