@@ -3,9 +3,9 @@
 //! subscription's notifications flow on a stream the server opens; the node registers with
 //! the coordinator, heartbeats and follows the ring.
 //!
-//! Tasks: one core task owns the engine and all delivery state ([`core`]); one task per
-//! request stream parses and validates ([`conn`]); one task per subscription writes its
-//! notifications ([`notify`]); one task keeps the coordinator link ([`link`]).
+//! Tasks: one core task owns the engine and all delivery state (`core.rs`); one task per
+//! request stream parses and validates (`conn.rs`); one task per subscription writes its
+//! notifications (`notify.rs`); one task keeps the coordinator link (`link.rs`).
 
 mod config;
 mod conn;
