@@ -5,8 +5,8 @@
 use std::sync::Weak;
 
 use hashbrown::HashMap;
-use sift_protocol::frame::{Frame, RequestId};
-use sift_protocol::net::{FrameReader, FrameWriter};
+use sift_protocol::frame::{EndReason, Frame, RequestId};
+use sift_protocol::net::{FrameReader, FrameWriter, NetError, RESET_SLOW_CONSUMER};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -119,10 +119,14 @@ fn unsolicited(inner: &Weak<Inner>, addr: &str, frame: Frame) {
 }
 
 async fn notifications(mut reader: FrameReader, inner: Weak<Inner>, addr: String) {
+    let mut sub = None;
     loop {
         match reader.next().await {
             Ok(Some(Frame::Notify(n))) => match inner.upgrade() {
-                Some(inner) => inner.deliver(&addr, n),
+                Some(inner) => {
+                    sub = Some(n.sub);
+                    inner.deliver(&addr, n)
+                }
                 None => return,
             },
             Ok(Some(Frame::Ended { sub, reason })) => {
@@ -134,6 +138,15 @@ async fn notifications(mut reader: FrameReader, inner: Weak<Inner>, addr: String
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) if e.recoverable() => {}
+            Err(NetError::Read(quinn::ReadError::Reset(code)))
+                if code.into_inner() == u64::from(RESET_SLOW_CONSUMER) =>
+            {
+                // The matcher gave up on a stream we did not read fast enough.
+                if let (Some(inner), Some(sub)) = (inner.upgrade(), sub) {
+                    inner.ended(&addr, sub, EndReason::SlowConsumer);
+                }
+                return;
+            }
             Err(_) => return,
         }
     }

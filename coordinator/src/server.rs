@@ -25,6 +25,8 @@ pub struct CoordinatorConfig {
     pub dead_after: Duration,
     /// Largest frame accepted, in bytes.
     pub frame_bytes_max: usize,
+    /// Most client connections at once; more are refused. Default 10,000.
+    pub connections_max: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -33,6 +35,7 @@ impl Default for CoordinatorConfig {
             listen: ([0, 0, 0, 0], 7400).into(),
             dead_after: Duration::from_millis(2500),
             frame_bytes_max: 64 * 1024,
+            connections_max: 10_000,
         }
     }
 }
@@ -121,7 +124,8 @@ impl Coordinator {
         self.endpoint.close(0u32.into(), b"shutdown");
         self.tasks.close();
         self.tasks.wait().await;
-        self.endpoint.wait_idle().await;
+        // The closes are sent; waiting for idle only lets them out, bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 
@@ -191,15 +195,25 @@ async fn accept_loop(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.connections_max));
     loop {
         let incoming = tokio::select! {
             _ = cancel.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(
+                max = config.connections_max,
+                "connection refused: too many connections"
+            );
+            incoming.refuse();
+            continue;
+        };
         let (input, ring, cancel2, tasks2) =
             (input.clone(), ring.clone(), cancel.clone(), tasks.clone());
         let max = config.frame_bytes_max;
         tasks.spawn(async move {
+            let _slot = slot;
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => return debug!(error = %e, "handshake failed"),

@@ -37,12 +37,17 @@ pub struct MatcherConfig {
     pub limits: Limits,
     /// Most live subscriptions on this matcher. Default 10,000,000.
     pub subscriptions_max: usize,
+    /// Most client connections at once; more are refused. Default 10,000.
+    pub connections_max: usize,
     /// Most live subscriptions per client connection. Default 10,000 (also the QUIC stream
     /// limit, one stream per subscription).
     pub subscriptions_per_connection_max: usize,
     /// Notifications queued per subscription before the slow-consumer policy applies.
     /// Default 8,192.
     pub queue_len_max: usize,
+    /// Encoded bytes of notifications queued per subscription before the slow-consumer policy
+    /// applies (the same limit holds an at-least-once subscription's backlog). Default 16 MiB.
+    pub queue_bytes_max: usize,
     /// The slow-consumer policy. Default drop-oldest.
     pub slow_consumer: SlowConsumer,
     /// An at-least-once notification not acked within this is sent again. Default 2 s.
@@ -69,8 +74,10 @@ impl Default for MatcherConfig {
             heartbeat_interval: Duration::from_millis(500),
             limits: Limits::default(),
             subscriptions_max: 10_000_000,
+            connections_max: 10_000,
             subscriptions_per_connection_max: 10_000,
             queue_len_max: 8192,
+            queue_bytes_max: 16 * 1024 * 1024,
             slow_consumer: SlowConsumer::DropOldest,
             ack_timeout: Duration::from_secs(2),
             redelivery_window: 1024,

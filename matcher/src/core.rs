@@ -101,6 +101,8 @@ struct Alo {
     window: AckWindow<Arc<EncodedEvent>>,
     /// Events waiting for room in the window.
     backlog: VecDeque<Arc<EncodedEvent>>,
+    /// Encoded bytes in `backlog`.
+    backlog_bytes: usize,
 }
 
 struct Sub {
@@ -143,6 +145,11 @@ pub(crate) struct Core {
     stats: MatcherStats,
     matches: Vec<Match>,
     expired: Vec<SubscriptionId>,
+    /// At-least-once subscriptions with unacked notifications: the only ones the redelivery
+    /// scan visits.
+    alo_pending: HashSet<SubscriptionId>,
+    /// When the next redelivery scan is due (while `alo_pending` is not empty).
+    redeliver_at: Option<Instant>,
 }
 
 /// How often at-least-once windows are checked for overdue acks.
@@ -167,6 +174,8 @@ impl Core {
             stats: MatcherStats::default(),
             matches: Vec::new(),
             expired: Vec::new(),
+            alo_pending: HashSet::new(),
+            redeliver_at: None,
         }
     }
 
@@ -222,13 +231,12 @@ impl Core {
             .engine
             .next_deadline()
             .map(|t| self.start + Duration::from_millis(t.0));
-        let alo = self
-            .subs
-            .values()
-            .any(|s| s.alo.as_ref().is_some_and(|a| !a.window.is_empty()));
-        let scan = alo.then(|| Instant::now() + REDELIVERY_SCAN);
         let far = Instant::now() + Duration::from_secs(3600);
-        engine.into_iter().chain(scan).min().unwrap_or(far)
+        engine
+            .into_iter()
+            .chain(self.redeliver_at)
+            .min()
+            .unwrap_or(far)
     }
 
     fn tick(&mut self) {
@@ -239,11 +247,26 @@ impl Core {
             self.forget(id, EndReason::Expired);
         }
         self.expired = expired;
-        self.redeliver(now);
+        if self.redeliver_at.is_some_and(|at| at <= Instant::now()) {
+            self.redeliver(now);
+            self.redeliver_at =
+                (!self.alo_pending.is_empty()).then(|| Instant::now() + REDELIVERY_SCAN);
+        }
+    }
+
+    /// Notes that `id` has unacked notifications, so the redelivery scan visits it.
+    fn awaiting_acks(&mut self, id: SubscriptionId) {
+        self.alo_pending.insert(id);
+        if self.redeliver_at.is_none() {
+            self.redeliver_at = Some(Instant::now() + REDELIVERY_SCAN);
+        }
     }
 
     fn redeliver(&mut self, now: Timestamp) {
-        for (id, sub) in self.subs.iter_mut() {
+        for id in &self.alo_pending {
+            let Some(sub) = self.subs.get_mut(id) else {
+                continue;
+            };
             let Some(alo) = &mut sub.alo else { continue };
             for due in alo.window.due(now) {
                 let item = Item::Notify {
@@ -262,6 +285,7 @@ impl Core {
     /// Drops a subscription from the engine and ends its stream.
     fn forget(&mut self, id: SubscriptionId, reason: EndReason) {
         if let Some(sub) = self.subs.remove(&id) {
+            self.alo_pending.remove(&id);
             let _ = self.engine.unsubscribe(id);
             sub.queue.end(reason);
             if let Some(set) = self.conns.get_mut(&sub.conn) {
@@ -385,13 +409,14 @@ impl Core {
             .subscribe(now, sub)
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         let deadline = self.engine.get(id).map_or(now, |i| i.deadline);
-        let queue = DeliveryQueue::new(self.config.queue_len_max);
+        let queue = DeliveryQueue::new(self.config.queue_len_max, self.config.queue_bytes_max);
         let alo = (mode == DeliveryMode::AtLeastOnce).then(|| Alo {
             window: AckWindow::new(
                 self.config.redelivery_window,
                 self.config.ack_timeout.as_millis() as u64,
             ),
             backlog: VecDeque::new(),
+            backlog_bytes: 0,
         });
         let topic = topic.map(|t| t.as_str().into());
         self.subs.insert(
@@ -440,24 +465,32 @@ impl Core {
             return;
         };
         let drop_oldest = self.config.slow_consumer == SlowConsumer::DropOldest;
+        let mut awaiting = false;
         let pushed = match &mut sub.alo {
             Some(alo) => {
                 if alo.backlog.is_empty() && !alo.window.is_full() {
                     match alo.window.offer(now, event.clone()) {
-                        Ok(delivery) => sub.queue.push(
-                            Item::Notify {
-                                delivery,
-                                redelivered: false,
-                                event: event.clone(),
-                            },
-                            false,
-                        ),
+                        Ok(delivery) => {
+                            awaiting = true;
+                            sub.queue.push(
+                                Item::Notify {
+                                    delivery,
+                                    redelivered: false,
+                                    event: event.clone(),
+                                },
+                                false,
+                            )
+                        }
                         Err(e) => {
+                            alo.backlog_bytes += e.len();
                             alo.backlog.push_back(e);
                             Pushed::Queued
                         }
                     }
-                } else if alo.backlog.len() < self.config.queue_len_max {
+                } else if alo.backlog.len() < self.config.queue_len_max
+                    && alo.backlog_bytes + event.len() <= self.config.queue_bytes_max
+                {
+                    alo.backlog_bytes += event.len();
                     alo.backlog.push_back(event.clone());
                     Pushed::Queued
                 } else {
@@ -478,6 +511,9 @@ impl Core {
                 )
             }
         };
+        if awaiting {
+            self.awaiting_acks(id);
+        }
         match pushed {
             Pushed::Queued => self.stats.notified += 1,
             Pushed::DroppedOldest => {
@@ -509,6 +545,7 @@ impl Core {
             let Some(event) = alo.backlog.pop_front() else {
                 break;
             };
+            alo.backlog_bytes -= event.len();
             match alo.window.offer(now, event.clone()) {
                 Ok(delivery) => {
                     sub.queue.push(
@@ -521,10 +558,14 @@ impl Core {
                     );
                 }
                 Err(e) => {
+                    alo.backlog_bytes += e.len();
                     alo.backlog.push_front(e);
                     break;
                 }
             }
+        }
+        if alo.window.is_empty() {
+            self.alo_pending.remove(&id);
         }
     }
 

@@ -127,14 +127,25 @@ impl Matcher {
     }
 
     /// Stops: ends every subscription stream, closes connections, waits for the tasks.
+    /// Subscribers that read get their `Ended { Shutdown }` within this; one that does not
+    /// cannot hold the shutdown longer.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("streams still busy at shutdown; closing the connections");
+        }
         self.endpoint.close(0u32.into(), b"shutdown");
-        self.endpoint.wait_idle().await;
+        self.tasks.wait().await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
     }
 }
+
+/// How long a stopping matcher lets its streams finish, and its connections close.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The address to advertise for a socket bound to `local` (an unspecified IP becomes
 /// loopback, for local setups).
@@ -148,13 +159,21 @@ fn advertised(local: SocketAddr) -> String {
 }
 
 async fn accept(endpoint: quinn::Endpoint, shared: Arc<conn::Shared>) {
+    let max = shared.config.connections_max;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         let incoming = tokio::select! {
             _ = shared.cancel.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(max, "connection refused: too many connections");
+            incoming.refuse();
+            continue;
+        };
         let shared2 = shared.clone();
         shared.tasks.spawn(async move {
+            let _slot = slot;
             match incoming.await {
                 Ok(conn) => {
                     let span = tracing::info_span!("conn", peer = %conn.remote_address());

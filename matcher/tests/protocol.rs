@@ -492,3 +492,89 @@ async fn a_client_vanishing_mid_frame_loses_its_subscriptions_and_others_go_on()
     tokio::time::timeout(LIMIT, run).await.unwrap();
     s.matcher.shutdown().await;
 }
+
+/// Publishes 4 KiB events to `topic`, acknowledged, until `done` holds for the matcher's
+/// stats (at most `max` events).
+async fn publish_until(
+    s: &Setup,
+    publisher: &mut Raw,
+    topic: &str,
+    max: u64,
+    done: impl Fn(&sift_matcher::MatcherStats) -> bool,
+) {
+    for seq in 1..=max {
+        assert!(matches!(
+            publisher.publish(topic, seq, 4096).await,
+            Frame::PublishAck { .. }
+        ));
+        if done(&s.matcher.stats().await.unwrap()) {
+            return;
+        }
+    }
+    panic!("the condition did not hold after {max} events");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_cut_off_under_the_disconnect_policy() {
+    let s = standalone(|c| {
+        c.queue_len_max = 64;
+        c.slow_consumer = sift_matcher::SlowConsumer::Disconnect;
+    });
+    let run = async {
+        let addr = s.matcher.local_addr().unwrap();
+        let mut stuck = Raw::connect(&s.client, addr).await;
+        stuck.subscribe(1, "feed", DeliveryMode::AtMostOnce).await;
+        let mut publisher = Raw::connect(&s.client, addr).await;
+        // The stream's flow-control window fills, then the queue: the subscription ends.
+        publish_until(&s, &mut publisher, "feed", 10_000, |st| {
+            st.slow_consumers == 1
+        })
+        .await;
+        assert_eq!(s.matcher.stats().await.unwrap().subscriptions, 0);
+        // Its stream is reset with the slow-consumer code, since `Ended` cannot get through.
+        let mut stream = FrameReader::new(stuck.conn.accept_uni().await.unwrap(), FRAME_BYTES_MAX);
+        let err = loop {
+            match stream.next().await {
+                Ok(Some(Frame::Notify(_))) => continue,
+                Ok(other) => panic!("expected notifications then a reset, got {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                err,
+                sift_protocol::net::NetError::Read(quinn::ReadError::Reset(code))
+                    if code.into_inner() == u64::from(sift_protocol::net::RESET_SLOW_CONSUMER)
+            ),
+            "{err:?}"
+        );
+        // The connection goes on.
+        assert!(matches!(
+            stuck.subscribe(2, "feed", DeliveryMode::AtMostOnce).await,
+            Frame::Subscribed { .. }
+        ));
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    s.matcher.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_cannot_hold_a_shutdown() {
+    let s = standalone(|_| {});
+    let addr = s.matcher.local_addr().unwrap();
+    let run = async {
+        let mut stuck = Raw::connect(&s.client, addr).await;
+        stuck.subscribe(1, "feed", DeliveryMode::AtMostOnce).await;
+        let mut publisher = Raw::connect(&s.client, addr).await;
+        // Enough to fill the stream's window and leave the writer waiting on the peer.
+        publish_until(&s, &mut publisher, "feed", 2_000, |st| {
+            st.published == 2_000
+        })
+        .await;
+        stuck
+    };
+    let _stuck = tokio::time::timeout(LIMIT, run).await.unwrap();
+    tokio::time::timeout(LIMIT, s.matcher.shutdown())
+        .await
+        .expect("shutdown finishes while a subscriber does not read");
+}
