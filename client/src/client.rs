@@ -693,12 +693,46 @@ pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connecti
         .endpoint
         .connect(inner.config.coordinator, &inner.config.server_name)
         .map_err(|e| ClientError::Connection(e.to_string()))?;
-    tokio::time::timeout(inner.config.connect_timeout, connecting)
+    let conn = tokio::time::timeout(inner.config.connect_timeout, connecting)
         .await
         .map_err(|_| ClientError::Timeout)?
         .map_err(|e| {
             ClientError::Connection(format!("coordinator {}: {e}", inner.config.coordinator))
-        })
+        })?;
+    if let Some(token) = &inner.config.token {
+        // A coordinator that requires a token serves a connection once it has seen it.
+        let hello = async {
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(sift_protocol::net::NetError::from)?;
+            let mut w = FrameWriter::new(send, FRAME_BYTES_MAX);
+            let mut r = FrameReader::new(recv, FRAME_BYTES_MAX);
+            w.send(&Frame::Hello {
+                req: 0,
+                token: Some(token.clone()),
+            })
+            .await?;
+            r.next().await
+        };
+        match tokio::time::timeout(inner.config.request_timeout, hello).await {
+            Ok(Ok(Some(Frame::Ok { .. }))) => {}
+            Ok(Ok(Some(Frame::Error(e)))) => {
+                return Err(ClientError::Refused {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            Ok(_) => {
+                return Err(ClientError::Refused {
+                    code: ErrorCode::Unauthorized,
+                    message: "the coordinator refused the token".into(),
+                })
+            }
+            Err(_) => return Err(ClientError::Timeout),
+        }
+    }
+    Ok(conn)
 }
 
 /// Keeps the ring current: watches it on the coordinator, or polls a node that cannot push

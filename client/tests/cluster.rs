@@ -356,3 +356,34 @@ async fn close_unsubscribes_on_every_matcher() {
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cluster_that_requires_a_token() {
+    let cluster = Cluster::start_full(
+        2,
+        |c| c.token = Some("s3cret".into()),
+        |m| {
+            m.coordinator_token = Some("s3cret".into());
+            m.token = Some("s3cret".into());
+        },
+    )
+    .await;
+    bounded(async {
+        let mut anonymous = cluster.client_config();
+        anonymous.connect_timeout = Duration::from_secs(1);
+        anonymous.request_timeout = Duration::from_secs(1);
+        assert!(sift_client::Client::connect(anonymous).await.is_err());
+        let mut config = cluster.client_config();
+        config.token = Some("s3cret".into());
+        let client = sift_client::Client::connect(config).await.unwrap();
+        let mut sub = client.subscribe("secured.>").start().await.unwrap();
+        client
+            .publish_acked(Message::new("secured.a").attr("n", 1))
+            .await
+            .unwrap();
+        assert_eq!(sub.next().await.unwrap().event.topic, "secured.a");
+        client.close().await;
+    })
+    .await;
+    cluster.shutdown().await;
+}

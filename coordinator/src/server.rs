@@ -2,9 +2,12 @@
 //! (owned by one task), and pushes every new ring to the streams that watch it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sift_protocol::frame::{ErrorCode, ErrorFrame, Frame, RequestId, Ring, RingMember};
+use sift_protocol::limits::FRAME_BYTES_MAX;
 use sift_protocol::net::{server_endpoint, FrameReader, FrameWriter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -27,6 +30,9 @@ pub struct CoordinatorConfig {
     pub frame_bytes_max: usize,
     /// Most client connections at once; more are refused. Default 10,000.
     pub connections_max: usize,
+    /// When set, every connection (matchers, clients, operators) must present this token in
+    /// `Hello` on a stream of its own before anything else.
+    pub token: Option<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -36,6 +42,7 @@ impl Default for CoordinatorConfig {
             dead_after: Duration::from_millis(2500),
             frame_bytes_max: 64 * 1024,
             connections_max: 10_000,
+            token: None,
         }
     }
 }
@@ -80,7 +87,12 @@ impl Coordinator {
         tls: quinn::ServerConfig,
     ) -> std::io::Result<Coordinator> {
         let endpoint = server_endpoint(config.listen, tls)?;
-        let membership = Membership::new(config.dead_after.as_millis() as u64);
+        // Ring versions start at the wall clock in milliseconds, so that after a restart they
+        // are still above anything clients and matchers saw from the previous run.
+        let first_version = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let membership = Membership::new(config.dead_after.as_millis() as u64, first_version);
         let (ring_tx, ring_rx) = watch::channel(membership.ring());
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_LEN_MAX);
         let cancel = CancellationToken::new();
@@ -182,7 +194,7 @@ fn handle(m: &mut Membership, now: u64, msg: Input) {
             let _ = reply.send(m.drain(&node).map(|_| ()));
         }
         Input::Remove { node, reply } => {
-            let _ = reply.send(m.remove(&node).map(|_| ()));
+            let _ = reply.send(m.remove(now, &node).map(|_| ()));
         }
     }
 }
@@ -195,7 +207,7 @@ async fn accept_loop(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.connections_max));
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.connections_max));
     loop {
         let incoming = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -212,6 +224,7 @@ async fn accept_loop(
         let (input, ring, cancel2, tasks2) =
             (input.clone(), ring.clone(), cancel.clone(), tasks.clone());
         let max = config.frame_bytes_max;
+        let token = config.token.clone();
         tasks.spawn(async move {
             let _slot = slot;
             let conn = match incoming.await {
@@ -219,7 +232,7 @@ async fn accept_loop(
                 Err(e) => return debug!(error = %e, "handshake failed"),
             };
             let span = tracing::info_span!("conn", peer = %conn.remote_address());
-            serve_connection(conn, input, ring, max, cancel2, tasks2)
+            serve_connection(conn, input, ring, max, token, cancel2, tasks2)
                 .instrument(span)
                 .await;
         });
@@ -231,9 +244,15 @@ async fn serve_connection(
     input: mpsc::Sender<Input>,
     ring: watch::Receiver<Ring>,
     max: usize,
+    token: Option<String>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let auth = Arc::new(Auth {
+        token,
+        passed: AtomicBool::new(false),
+        conn: conn.clone(),
+    });
     loop {
         let (send, recv) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -241,8 +260,10 @@ async fn serve_connection(
         };
         let stream = Stream {
             reader: FrameReader::new(recv, max),
-            writer: FrameWriter::new(send, max),
+            // What the coordinator sends (rings) may be larger than what it accepts.
+            writer: FrameWriter::new(send, FRAME_BYTES_MAX),
             input: input.clone(),
+            auth: auth.clone(),
         };
         tasks.spawn(stream.serve(ring.clone(), cancel.clone()));
     }
@@ -252,6 +273,20 @@ struct Stream {
     reader: FrameReader,
     writer: FrameWriter,
     input: mpsc::Sender<Input>,
+    auth: Arc<Auth>,
+}
+
+/// A connection's standing: whether it presented the token (when one is required).
+struct Auth {
+    token: Option<String>,
+    passed: AtomicBool,
+    conn: quinn::Connection,
+}
+
+impl Auth {
+    fn ok(&self) -> bool {
+        self.token.is_none() || self.passed.load(Ordering::Acquire)
+    }
 }
 
 fn error_frame(req: RequestId, code: ErrorCode, message: String) -> Frame {
@@ -267,6 +302,8 @@ fn membership_error(req: RequestId, e: MembershipError) -> Frame {
     let code = match e {
         MembershipError::UnknownNode(_) => ErrorCode::UnknownNode,
         MembershipError::Invalid(_) => ErrorCode::Malformed,
+        MembershipError::Full => ErrorCode::LimitReached,
+        MembershipError::Removed(_) | MembershipError::NotDrained(_) => ErrorCode::Forbidden,
     };
     error_frame(req, code, e.to_string())
 }
@@ -285,6 +322,22 @@ impl Stream {
             f = self.reader.next() => f,
         };
         let reply = match first {
+            Ok(Some(Frame::Hello { req, token })) => {
+                if self.auth.token.is_none() || token == self.auth.token {
+                    self.auth.passed.store(true, Ordering::Release);
+                    Frame::Ok { req }
+                } else {
+                    warn!("wrong token; closing the connection");
+                    self.auth.conn.close(1u32.into(), b"unauthorized");
+                    return;
+                }
+            }
+            Ok(Some(frame)) if !self.auth.ok() => Frame::Error(ErrorFrame {
+                req: request_id(&frame),
+                code: ErrorCode::Unauthorized,
+                message: "this coordinator requires a token: send Hello first".into(),
+                ring_version: None,
+            }),
             Ok(Some(Frame::Register { req, member })) => {
                 return self.register(req, member, cancel).await
             }
@@ -423,6 +476,20 @@ impl Stream {
 }
 
 /// The variant name of a frame, for messages.
+/// The request id of a frame a coordinator serves.
+fn request_id(f: &Frame) -> Option<RequestId> {
+    match f {
+        Frame::Register { req, .. }
+        | Frame::Heartbeat { req, .. }
+        | Frame::Watch { req }
+        | Frame::RingFetch { req }
+        | Frame::AdminNodes { req }
+        | Frame::AdminDrain { req, .. }
+        | Frame::AdminRemove { req, .. } => Some(*req),
+        _ => None,
+    }
+}
+
 pub(crate) fn frame_name(f: &Frame) -> String {
     let debug = format!("{f:?}");
     debug

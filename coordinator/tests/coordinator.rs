@@ -20,11 +20,16 @@ struct Fixture {
 }
 
 async fn fixture(dead_after: Duration) -> Fixture {
+    fixture_with(dead_after, None).await
+}
+
+async fn fixture_with(dead_after: Duration, token: Option<&str>) -> Fixture {
     let ca = CertAuthority::generate("test CA").unwrap();
     let cert = ca.issue(&["localhost".into()]).unwrap();
     let config = CoordinatorConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         dead_after,
+        token: token.map(Into::into),
         ..Default::default()
     };
     let coordinator = Coordinator::start(config, server_config(&cert, None).unwrap()).unwrap();
@@ -76,7 +81,9 @@ async fn watchers_see_every_ring_change() {
     let run = async {
         let (mut watch_w, mut watch_r) = open(&f.conn).await;
         watch_w.send(&Frame::Watch { req: 1 }).await.unwrap();
-        assert_eq!(next_ring(&mut watch_r).await.version, 0);
+        // Versions start high (the coordinator's start time), and only grow.
+        let v0 = next_ring(&mut watch_r).await.version;
+        assert!(v0 > 1_600_000_000_000, "{v0}");
 
         let (mut m1, mut m1r) = open(&f.conn).await;
         m1.send(&Frame::Register {
@@ -86,8 +93,8 @@ async fn watchers_see_every_ring_change() {
         .await
         .unwrap();
         let ring = next_ring(&mut m1r).await;
-        assert_eq!((ring.version, ring.members.len()), (1, 1));
-        assert_eq!(next_ring(&mut watch_r).await.version, 1);
+        assert_eq!((ring.version, ring.members.len()), (v0 + 1, 1));
+        assert_eq!(next_ring(&mut watch_r).await.version, v0 + 1);
 
         let (mut m2, mut m2r) = open(&f.conn).await;
         m2.send(&Frame::Register {
@@ -97,7 +104,7 @@ async fn watchers_see_every_ring_change() {
         .await
         .unwrap();
         assert_eq!(next_ring(&mut m2r).await.members.len(), 2);
-        assert_eq!(next_ring(&mut watch_r).await.version, 2);
+        assert_eq!(next_ring(&mut watch_r).await.version, v0 + 2);
 
         // Heartbeats are answered on the register stream.
         m1.send(&Frame::Heartbeat {
@@ -114,6 +121,19 @@ async fn watchers_see_every_ring_change() {
             panic!()
         };
         assert_eq!(nodes.len(), 2);
+        // A live matcher in the ring cannot be removed before it is drained.
+        let Frame::Error(e) = request(
+            &f.conn,
+            Frame::AdminRemove {
+                req: 50,
+                node: "m2".into(),
+            },
+        )
+        .await
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::Forbidden);
         assert_eq!(
             request(
                 &f.conn,
@@ -126,7 +146,7 @@ async fn watchers_see_every_ring_change() {
             Frame::Ok { req: 6 }
         );
         let ring = next_ring(&mut watch_r).await;
-        assert_eq!((ring.version, ring.members.len()), (3, 1));
+        assert_eq!((ring.version, ring.members.len()), (v0 + 3, 1));
         let Frame::Nodes { nodes, .. } = request(&f.conn, Frame::AdminNodes { req: 7 }).await
         else {
             panic!()
@@ -158,6 +178,17 @@ async fn watchers_see_every_ring_change() {
             panic!()
         };
         assert_eq!(e.code, ErrorCode::UnknownNode);
+        // m2, still running, learns on its next heartbeat that it was removed.
+        m2.send(&Frame::Heartbeat {
+            req: 11,
+            node: "m2".into(),
+        })
+        .await
+        .unwrap();
+        let Some(Frame::Error(e)) = m2r.next().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!((e.req, e.code), (Some(11), ErrorCode::Forbidden));
         let Frame::Ring { ring, .. } = request(&f.conn, Frame::RingFetch { req: 10 }).await else {
             panic!()
         };
@@ -245,6 +276,64 @@ async fn bad_requests_get_typed_errors_and_the_coordinator_keeps_serving() {
         let Frame::Ring { .. } = request(&f.conn, Frame::RingFetch { req: 2 }).await else {
             panic!()
         };
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    f.coordinator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_guards_every_request() {
+    let f = fixture_with(Duration::from_secs(5), Some("s3cret")).await;
+    let run = async {
+        // Without the token: refused, typed.
+        for frame in [
+            Frame::RingFetch { req: 1 },
+            Frame::AdminDrain {
+                req: 2,
+                node: "m1".into(),
+            },
+            Frame::Register {
+                req: 3,
+                member: member("m1"),
+            },
+        ] {
+            let Frame::Error(e) = request(&f.conn, frame).await else {
+                panic!()
+            };
+            assert_eq!(e.code, ErrorCode::Unauthorized);
+        }
+        // With it, the connection is served.
+        assert_eq!(
+            request(
+                &f.conn,
+                Frame::Hello {
+                    req: 4,
+                    token: Some("s3cret".into())
+                }
+            )
+            .await,
+            Frame::Ok { req: 4 }
+        );
+        assert!(matches!(
+            request(&f.conn, Frame::RingFetch { req: 5 }).await,
+            Frame::Ring { .. }
+        ));
+        // A wrong token closes the connection.
+        let other = f
+            .client
+            .connect(f.coordinator.local_addr().unwrap(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut w, mut r) = open(&other).await;
+        w.send(&Frame::Hello {
+            req: 1,
+            token: Some("guess".into()),
+        })
+        .await
+        .unwrap();
+        assert!(r.next().await.is_err());
+        assert!(other.closed().await.to_string().contains("unauthorized"));
     };
     tokio::time::timeout(LIMIT, run).await.unwrap();
     f.coordinator.shutdown().await;

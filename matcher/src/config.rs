@@ -30,6 +30,8 @@ pub struct MatcherConfig {
     /// The coordinator (address and TLS server name); `None` runs standalone, owning every
     /// topic.
     pub coordinator: Option<(SocketAddr, String)>,
+    /// The token the coordinator requires, if it does.
+    pub coordinator_token: Option<String>,
     /// How often to heartbeat the coordinator. Default 500 ms (the coordinator's dead-after
     /// default is 2.5 s).
     pub heartbeat_interval: Duration,
@@ -71,6 +73,7 @@ impl Default for MatcherConfig {
             advertise: None,
             weight: 1,
             coordinator: None,
+            coordinator_token: None,
             heartbeat_interval: Duration::from_millis(500),
             limits: Limits::default(),
             subscriptions_max: 10_000_000,

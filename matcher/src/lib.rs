@@ -84,6 +84,7 @@ impl Matcher {
                 me: me.clone(),
                 heartbeat: config.heartbeat_interval,
                 max_frame_bytes: config.limits.frame_bytes_max,
+                token: config.coordinator_token.clone(),
                 core: core_tx.clone(),
             };
             tasks.spawn(link.run(cancel.clone()).instrument(span.clone()));

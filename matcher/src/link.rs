@@ -9,7 +9,7 @@ use sift_protocol::frame::{ErrorCode, Frame, RingMember};
 use sift_protocol::net::{FrameReader, FrameWriter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::core::Input;
 
@@ -24,6 +24,7 @@ pub(crate) struct Link {
     pub(crate) me: RingMember,
     pub(crate) heartbeat: Duration,
     pub(crate) max_frame_bytes: usize,
+    pub(crate) token: Option<String>,
     pub(crate) core: mpsc::Sender<Input>,
 }
 
@@ -40,6 +41,9 @@ enum LinkError {
     Refused(String),
     #[error("the coordinator closed the stream")]
     Closed,
+    /// An operator removed this matcher: it stays out until it is restarted.
+    #[error("{0}")]
+    Removed(String),
 }
 
 impl Link {
@@ -52,6 +56,9 @@ impl Link {
             };
             match result {
                 Ok(()) => backoff = BACKOFF_MIN,
+                Err(LinkError::Removed(message)) => {
+                    return error!(%message, "removed from the cluster; restart this matcher to join again")
+                }
                 Err(e) => warn!(error = %e, "coordinator link lost; retrying"),
             }
             tokio::select! {
@@ -78,6 +85,19 @@ impl Link {
             .endpoint
             .connect(self.coordinator, &self.server_name)?
             .await?;
+        if let Some(token) = &self.token {
+            let (mut w, mut r) = self.open(&conn).await?;
+            w.send(&Frame::Hello {
+                req: 1,
+                token: Some(token.clone()),
+            })
+            .await?;
+            match r.next().await? {
+                Some(Frame::Ok { .. }) => {}
+                Some(Frame::Error(e)) => return Err(LinkError::Refused(e.message)),
+                _ => return Err(LinkError::Refused("token refused".into())),
+            }
+        }
         let (mut reg_w, mut reg_r) = self.open(&conn).await?;
         reg_w
             .send(&Frame::Register {
@@ -108,6 +128,7 @@ impl Link {
                     Some(Frame::Ok { .. }) => {}
                     // Declared dead meanwhile: register again from scratch.
                     Some(Frame::Error(e)) if e.code == ErrorCode::UnknownNode => return Err(LinkError::Refused(e.message)),
+                    Some(Frame::Error(e)) if e.code == ErrorCode::Forbidden => return Err(LinkError::Removed(e.message)),
                     Some(other) => warn!(frame = ?other, "unexpected answer to a heartbeat"),
                     None => return Err(LinkError::Closed),
                 },

@@ -20,6 +20,12 @@ pub struct ClusterArgs {
     /// A token, for clusters that require one.
     #[arg(long, env = "SIFT_TOKEN")]
     pub token: Option<String>,
+    /// A client certificate (PEM), for clusters that require mutual TLS.
+    #[arg(long, env = "SIFT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SIFT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// The TLS name on the nodes' certificates.
     #[arg(long, env = "SIFT_SERVER_NAME", default_value = "localhost")]
     pub server_name: String,
@@ -62,6 +68,15 @@ impl ClusterArgs {
         let mut config = ClientConfig::new(coordinator, ca_pem);
         config.token = self.token.clone();
         config.server_name = self.server_name.clone();
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            config.client_cert = Some(sift_protocol::net::tls::CertifiedKey {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            });
+        }
         Ok(config)
     }
 }

@@ -32,7 +32,7 @@ fn node_tls(
     cert: Option<&PathBuf>,
     key: Option<&PathBuf>,
     client_ca: Option<PathBuf>,
-) -> Result<quinn::ServerConfig> {
+) -> Result<(CertifiedKey, quinn::ServerConfig)> {
     let (Some(cert), Some(key)) = (cert, key) else {
         bail!("a certificate and its key are required (--cert and --key, or cert/key in the config file)");
     };
@@ -41,7 +41,8 @@ fn node_tls(
         key_pem: read(key)?,
     };
     let client_ca = client_ca.map(|p| read(&p)).transpose()?;
-    Ok(server_config(&cert, client_ca.as_deref())?)
+    let tls = server_config(&cert, client_ca.as_deref())?;
+    Ok((cert, tls))
 }
 
 /// Arguments of `sift coordinator`.
@@ -65,6 +66,12 @@ pub struct CoordinatorArgs {
     /// A matcher silent this long leaves the ring (e.g. 2500ms).
     #[arg(long, env = "SIFT_DEAD_AFTER", value_parser = common::duration)]
     pub dead_after: Option<Duration>,
+    /// Require this token from every connection (matchers, clients, operators).
+    #[arg(long, env = "SIFT_TOKEN")]
+    pub token: Option<String>,
+    /// Most connections at once.
+    #[arg(long, env = "SIFT_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
     /// Logs as JSON lines.
     #[arg(long, env = "SIFT_LOG_JSON")]
     pub log_json: bool,
@@ -78,6 +85,8 @@ struct CoordinatorFile {
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     dead_after: Option<String>,
+    token: Option<String>,
+    connections_max: Option<usize>,
 }
 
 /// Runs a coordinator until SIGTERM or Ctrl-C.
@@ -95,7 +104,11 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     {
         config.dead_after = d.map_err(anyhow::Error::msg)?;
     }
-    let tls = node_tls(
+    config.token = args.token.or(file.token);
+    if let Some(n) = args.connections_max.or(file.connections_max) {
+        config.connections_max = n;
+    }
+    let (_, tls) = node_tls(
         args.cert.as_ref().or(file.cert.as_ref()),
         args.key.as_ref().or(file.key.as_ref()),
         args.client_ca.or(file.client_ca),
@@ -148,6 +161,12 @@ pub struct MatcherArgs {
     /// Require clients to present this token.
     #[arg(long, env = "SIFT_TOKEN")]
     pub token: Option<String>,
+    /// The token the coordinator requires.
+    #[arg(long, env = "SIFT_COORDINATOR_TOKEN")]
+    pub coordinator_token: Option<String>,
+    /// Most client connections at once.
+    #[arg(long, env = "SIFT_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
     /// Notifications queued per subscription before the slow-consumer policy applies.
     #[arg(long, env = "SIFT_QUEUE_LEN")]
     pub queue_len: Option<usize>,
@@ -179,6 +198,8 @@ struct MatcherFile {
     queue_len: Option<usize>,
     slow_consumer: Option<String>,
     ack_timeout: Option<String>,
+    coordinator_token: Option<String>,
+    connections_max: Option<usize>,
 }
 
 /// Runs a matcher until SIGTERM or Ctrl-C.
@@ -217,11 +238,15 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
     {
         config.ack_timeout = d.map_err(anyhow::Error::msg)?;
     }
-    let tls = node_tls(
+    let (cert, tls) = node_tls(
         args.cert.as_ref().or(f.cert.as_ref()),
         args.key.as_ref().or(f.key.as_ref()),
         args.client_ca.or(f.client_ca),
     )?;
+    config.coordinator_token = args.coordinator_token.or(f.coordinator_token);
+    if let Some(n) = args.connections_max.or(f.connections_max) {
+        config.connections_max = n;
+    }
     let to_coordinator = match args.coordinator.or(f.coordinator) {
         Some(addr) => {
             let name = args
@@ -233,7 +258,9 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
                 .ca
                 .or(f.ca)
                 .context("--ca is required with --coordinator")?;
-            Some(client_config(&read(&ca_path)?, None)?)
+            // The node certificate doubles as the matcher's client certificate, for a
+            // coordinator that requires mutual TLS.
+            Some(client_config(&read(&ca_path)?, Some(&cert))?)
         }
         None => None,
     };

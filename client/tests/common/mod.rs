@@ -26,6 +26,14 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, tweak: impl Fn(&mut MatcherConfig)) -> Cluster {
+        Cluster::start_full(n, |_| {}, tweak).await
+    }
+
+    pub async fn start_full(
+        n: usize,
+        coordinator_tweak: impl FnOnce(&mut CoordinatorConfig),
+        tweak: impl Fn(&mut MatcherConfig),
+    ) -> Cluster {
         // RUST_LOG=debug shows what the nodes and the client do.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -33,11 +41,12 @@ impl Cluster {
             .try_init();
         let ca = CertAuthority::generate("test CA").unwrap();
         let cert = ca.issue(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let config = CoordinatorConfig {
+        let mut config = CoordinatorConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             dead_after: Duration::from_millis(1500),
             ..CoordinatorConfig::default()
         };
+        coordinator_tweak(&mut config);
         let coordinator = Coordinator::start(config, server_config(&cert, None).unwrap()).unwrap();
         let mut cluster = Cluster {
             ca,
