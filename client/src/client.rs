@@ -12,7 +12,7 @@ use sift_matcher_core::Timestamp;
 use sift_protocol::frame::{EndReason, ErrorCode, Frame, Notify, Publish, RequestId, Ring};
 use sift_protocol::limits::FRAME_BYTES_MAX;
 use sift_protocol::net::tls::client_config;
-use sift_protocol::net::{client_endpoint, FrameReader, FrameWriter};
+use sift_protocol::net::{client_endpoint, FrameReader, FrameWriter, NetError};
 use sift_protocol::ring::Placement;
 use sift_protocol::{Attributes, Event, EventId, PublisherId, SubscriptionId, Topic, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -139,7 +139,10 @@ pub(crate) struct SubState {
     pub(crate) seen: Option<(DedupWindow<EventId>, DedupWindow<EventId>)>,
     /// When the lease should next be renewed.
     pub(crate) renew_at: Option<Instant>,
+    /// A placement task is running for it.
     pub(crate) moving: bool,
+    /// Another placement was asked for while one ran.
+    pub(crate) move_again: bool,
 }
 
 pub(crate) struct Inner {
@@ -150,6 +153,10 @@ pub(crate) struct Inner {
     req: AtomicU64,
     ring: watch::Sender<Option<Arc<Placement>>>,
     nodes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<NodeSlot>>>>,
+    /// A connection to the coordinator for fetches and admin requests, kept while it lives.
+    coordinator: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// One ring fetch at a time; callers that waited find the ring already fresh.
+    refreshing: tokio::sync::Mutex<()>,
     pub(crate) subs: Mutex<HashMap<SubscriptionId, SubState>>,
     pub(crate) closed: AtomicBool,
     pub(crate) cancel: CancellationToken,
@@ -197,6 +204,8 @@ impl Client {
             req: AtomicU64::new(1),
             ring: ring_tx,
             nodes: Mutex::new(HashMap::new()),
+            coordinator: tokio::sync::Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
             subs: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -338,6 +347,13 @@ pub(crate) fn refusal(frame: Frame) -> ClientError {
     }
 }
 
+impl Drop for Inner {
+    /// The last handle is gone (without `close`): stop the background tasks.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 impl Inner {
     pub(crate) fn subs(&self) -> MutexGuard<'_, HashMap<SubscriptionId, SubState>> {
         self.subs.lock().unwrap_or_else(|e| e.into_inner())
@@ -390,7 +406,7 @@ impl Inner {
 
     /// Whether `e` is worth retry number `attempt`; refreshes the ring first when it may be
     /// stale, and backs off (exponentially, with jitter) when a matcher could not be reached.
-    pub(crate) async fn retryable(&self, e: &ClientError, attempt: u32) -> bool {
+    pub(crate) async fn retryable(self: &Arc<Self>, e: &ClientError, attempt: u32) -> bool {
         match e {
             ClientError::Refused {
                 code: ErrorCode::NotOwner,
@@ -420,26 +436,64 @@ impl Inner {
     }
 
     /// Fetches the ring from the coordinator now (the watch may lag).
-    pub(crate) async fn refresh_ring(&self) {
+    pub(crate) async fn refresh_ring(self: &Arc<Self>) {
+        let seen = self.ring_version();
+        let _one = self.refreshing.lock().await;
+        if self.ring_version() > seen {
+            return; // fetched while we waited
+        }
         match fetch_ring(self).await {
             Ok(ring) => self.set_ring(ring),
             Err(e) => debug!(error = %e, "ring fetch failed"),
         }
     }
 
-    fn set_ring(&self, ring: Ring) {
+    /// Takes `ring` if it is newer than ours, and moves subscriptions to where it says they
+    /// belong.
+    fn set_ring(self: &Arc<Self>, ring: Ring) {
         let newer = ring.version > self.ring_version();
         if newer {
             self.ring
                 .send_replace(Some(Arc::new(Placement::new(&ring))));
+            crate::subscription::reconcile(self);
         }
     }
 
-    /// A node said its ring is at `version`: fetch if ours is older.
+    /// A node said its ring is at `version`: fetch if ours is older (one fetch at a time).
     pub(crate) fn hint_ring(self: &Arc<Self>, version: u64) {
-        if version > self.ring_version() {
+        if version > self.ring_version() && self.refreshing.try_lock().is_ok() {
             let me = self.clone();
             self.tasks.spawn(async move { me.refresh_ring().await });
+        }
+    }
+
+    /// One request to the coordinator on the kept connection (made again if it was lost).
+    pub(crate) async fn coordinator_request(&self, frame: Frame) -> Result<Frame, ClientError> {
+        let conn = {
+            let mut kept = self.coordinator.lock().await;
+            match kept.as_ref().filter(|c| c.close_reason().is_none()) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = connect_coordinator(self).await?;
+                    *kept = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let exchange = async {
+            let (send, recv) = conn.open_bi().await.map_err(NetError::from)?;
+            let mut w = FrameWriter::new(send, FRAME_BYTES_MAX);
+            let mut r = FrameReader::new(recv, FRAME_BYTES_MAX);
+            w.send(&frame).await?;
+            r.next().await
+        };
+        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+            Ok(Ok(Some(answer))) => Ok(answer),
+            Ok(Ok(None)) => Err(ClientError::Connection(
+                "the coordinator closed the stream".into(),
+            )),
+            Ok(Err(e)) => Err(ClientError::Connection(format!("coordinator: {e}"))),
+            Err(_) => Err(ClientError::Timeout),
         }
     }
 
@@ -609,7 +663,7 @@ impl Inner {
             event: n.event.id,
         });
         if let Some((delivered, acked)) = &mut sub.seen {
-            if !delivered.first_time(now, n.event.id) {
+            if delivered.contains(&n.event.id) {
                 // The application has it already. If it acked, the ack was lost: ack again.
                 // If not, it still holds the notification and will ack it. Either way it does
                 // not see the event twice.
@@ -621,16 +675,23 @@ impl Inner {
                 return;
             }
         }
+        let id = n.event.id;
         let notification = Notification {
             handle: n.sub,
             event: n.event,
             redelivered: n.redelivered,
             acker,
         };
-        if let Err(e) = sub.tx.try_send(notification) {
+        match sub.tx.try_send(notification) {
+            Ok(()) => {
+                if let Some((delivered, _)) = &mut sub.seen {
+                    delivered.first_time(now, id);
+                }
+            }
             // The application is not keeping up: at-most-once drops (the matcher's own policy
-            // already dropped others); at-least-once leaves it unacked, so it comes back.
-            debug!(sub = %n.sub, error = %e, "client buffer full; notification dropped");
+            // already dropped others); at-least-once leaves it unacked and not marked as
+            // delivered, so its redelivery gets through.
+            Err(e) => debug!(sub = %n.sub, error = %e, "client buffer full; notification dropped"),
         }
     }
 
@@ -664,27 +725,12 @@ impl Inner {
 
 /// Fetches the ring once from the coordinator.
 async fn fetch_ring(inner: &Inner) -> Result<Ring, ClientError> {
-    let conn = connect_coordinator(inner).await?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| ClientError::Connection(e.to_string()))?;
-    let mut w = FrameWriter::new(send, FRAME_BYTES_MAX);
-    let mut r = FrameReader::new(recv, FRAME_BYTES_MAX);
-    w.send(&Frame::RingFetch { req: 1 })
-        .await
-        .map_err(|e| ClientError::Connection(e.to_string()))?;
-    let answer = tokio::time::timeout(inner.config.request_timeout, r.next())
-        .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Connection(e.to_string()))?;
-    conn.close(0u32.into(), b"done");
-    match answer {
-        Some(Frame::Ring { ring, .. }) => Ok(ring),
-        Some(other) => Err(refusal(other)),
-        None => Err(ClientError::Connection(
-            "the coordinator closed the stream".into(),
-        )),
+    match inner
+        .coordinator_request(Frame::RingFetch { req: 1 })
+        .await?
+    {
+        Frame::Ring { ring, .. } => Ok(ring),
+        other => Err(refusal(other)),
     }
 }
 
@@ -740,11 +786,17 @@ pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connecti
 async fn watch_ring(inner: std::sync::Weak<Inner>) {
     let mut backoff = Backoff::default();
     loop {
-        let Some(me) = inner.upgrade() else { return };
-        let cancel = me.cancel.clone();
+        // Only a weak hold while waiting: a client dropped without `close` still goes away
+        // (its `Drop` cancels this task).
+        let Some(cancel) = inner.upgrade().map(|me| me.cancel.clone()) else {
+            return;
+        };
         let mut got_ring = false;
         let session = async {
-            let conn = connect_coordinator(&me).await?;
+            let conn = {
+                let me = inner.upgrade().ok_or(ClientError::Closed)?;
+                connect_coordinator(&me).await?
+            };
             let (send, recv) = conn
                 .open_bi()
                 .await
@@ -762,12 +814,25 @@ async fn watch_ring(inner: std::sync::Weak<Inner>) {
                 {
                     Some(Frame::Ring { ring, .. }) => {
                         got_ring = true;
+                        let Some(me) = inner.upgrade() else {
+                            return Ok(());
+                        };
                         me.set_ring(ring);
                     }
+                    Some(Frame::Error(e)) if e.code == ErrorCode::Unauthorized => {
+                        return Err(ClientError::Refused {
+                            code: e.code,
+                            message: e.message,
+                        })
+                    }
                     Some(Frame::Error(_)) => {
-                        // Not a coordinator: poll instead.
+                        // Not a coordinator (a standalone matcher): poll instead.
                         loop {
+                            let Some(me) = inner.upgrade() else {
+                                return Ok(());
+                            };
                             me.refresh_ring().await;
+                            drop(me);
                             tokio::time::sleep(RING_POLL).await;
                         }
                     }
@@ -780,7 +845,6 @@ async fn watch_ring(inner: std::sync::Weak<Inner>) {
             _ = cancel.cancelled() => return,
             r = session => if let Err(e) = r { debug!(error = %e, "ring watch lost") },
         }
-        drop(me);
         if got_ring {
             backoff.reset();
         }

@@ -27,6 +27,9 @@ pub(crate) struct Spec {
     pub(crate) pattern: Pattern,
     pub(crate) filter: String,
     pub(crate) expiry: ExpirySpec,
+    /// For a hard deadline: when it falls, so that placing the subscription again (after a
+    /// move) asks only for what is left.
+    pub(crate) deadline_at: Option<Instant>,
     pub(crate) group: Option<GroupSpec>,
     pub(crate) mode: DeliveryMode,
 }
@@ -266,10 +269,15 @@ impl SubscribeBuilder {
         let id = SubscriptionId(rand::random());
         let (tx, rx) = mpsc::channel(inner.config.buffer_len.max(1));
         let end = Arc::new(Mutex::new(None));
+        let deadline_at = match self.expiry {
+            ExpirySpec::DeadlineMs(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+            ExpirySpec::LeaseMs(_) => None,
+        };
         let spec = Spec {
             pattern,
             filter: self.filter,
             expiry: self.expiry,
+            deadline_at,
             group: self.group,
             mode: self.mode,
         };
@@ -289,6 +297,7 @@ impl SubscribeBuilder {
                 }),
                 renew_at: None,
                 moving: false,
+                move_again: false,
             },
         );
         if let Err(e) = place(&inner, id, Some(inner.config.retries_max)).await {
@@ -344,6 +353,11 @@ pub(crate) async fn place(
             };
             (s.spec.clone(), s.nodes.clone())
         };
+        if spec.deadline_at.is_some_and(|at| at <= Instant::now()) {
+            // Its deadline passed while it was being moved: it ends as it would have.
+            inner.finish(id, EndReason::Expired);
+            return Ok(());
+        }
         let targets = targets(inner, &spec)?;
         if targets.is_empty() {
             let e = ClientError::NoMatcher("the ring is empty".into());
@@ -356,14 +370,30 @@ pub(crate) async fn place(
         for addr in targets.iter().filter(|a| !live.contains(*a)) {
             match subscribe_on(inner, id, &spec, addr).await {
                 Ok(expires_in_ms) => {
-                    let mut subs = inner.subs();
-                    let Some(s) = subs.get_mut(&id) else {
-                        return Err(ClientError::Closed);
+                    let filter_now = {
+                        let mut subs = inner.subs();
+                        let Some(s) = subs.get_mut(&id) else {
+                            return Err(ClientError::Closed);
+                        };
+                        s.nodes.insert(addr.clone());
+                        if matches!(spec.expiry, ExpirySpec::LeaseMs(_)) {
+                            s.renew_at = Some(renew_at(expires_in_ms));
+                        }
+                        s.spec.filter.clone()
                     };
-                    s.nodes.insert(addr.clone());
-                    if matches!(spec.expiry, ExpirySpec::LeaseMs(_)) {
-                        s.renew_at =
-                            Some(Instant::now() + Duration::from_millis(expires_in_ms / 3));
+                    if filter_now != spec.filter {
+                        // set_filter ran while this subscribe was in flight and did not see
+                        // this matcher: bring it up to date.
+                        let req = inner.next_req();
+                        let frame = Frame::SetFilter {
+                            req,
+                            sub: id,
+                            filter: filter_now,
+                        };
+                        if let Err(e) = inner.request(addr, req, frame).await {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                 }
                 Err(e) => {
@@ -387,12 +417,18 @@ async fn subscribe_on(
     addr: &str,
 ) -> Result<u64, ClientError> {
     let req = inner.next_req();
+    let expiry = match (spec.expiry, spec.deadline_at) {
+        (ExpirySpec::DeadlineMs(_), Some(at)) => ExpirySpec::DeadlineMs(
+            (at.saturating_duration_since(Instant::now()).as_millis() as u64).max(1),
+        ),
+        (expiry, _) => expiry,
+    };
     let frame = Frame::Subscribe(Subscribe {
         req,
         id,
         pattern: spec.pattern.as_str().to_owned(),
         filter: spec.filter.clone(),
-        expiry: spec.expiry,
+        expiry,
         group: spec.group.clone(),
         mode: spec.mode,
         ring_version: inner.ring_version(),
@@ -405,12 +441,15 @@ async fn subscribe_on(
     }
 }
 
-/// Places a subscription again in the background (its matcher went away or its topic moved).
+/// Places a subscription again in the background (its matcher went away, its topic moved, or
+/// the ring changed). One task per subscription at a time; a request while it runs makes it
+/// run again once done, so no change is missed.
 pub(crate) fn spawn_replace(inner: Arc<Inner>, id: SubscriptionId) {
     {
         let mut subs = inner.subs();
         let Some(s) = subs.get_mut(&id) else { return };
         if s.moving {
+            s.move_again = true;
             return;
         }
         s.moving = true;
@@ -419,18 +458,60 @@ pub(crate) fn spawn_replace(inner: Arc<Inner>, id: SubscriptionId) {
     tasks.spawn(async move {
         // A subscription the application holds is not given up while the cluster is away.
         let cancel = inner.cancel.clone();
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = place(&inner, id, None) => r,
-        };
-        if let Some(s) = inner.subs().get_mut(&id) {
-            s.moving = false;
-        }
-        if let Err(e) = result {
-            warn!(sub = %id, error = %e, "subscription could not be placed again; ended");
-            inner.finish(id, EndReason::Shutdown);
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = place(&inner, id, None) => r,
+            };
+            if let Err(e) = result {
+                warn!(sub = %id, error = %e, "subscription could not be placed again; ended");
+                inner.finish(id, EndReason::Shutdown);
+                return;
+            }
+            let mut subs = inner.subs();
+            let Some(s) = subs.get_mut(&id) else { return };
+            if !std::mem::take(&mut s.move_again) {
+                s.moving = false;
+                return;
+            }
         }
     });
+}
+
+/// After a ring change: every subscription not live on all the matchers it belongs on now is
+/// placed there (a pattern on a matcher that joined, an exact topic whose owner changed), and
+/// matchers that left the ring are forgotten. A copy on a former owner is left to end by
+/// itself (`Moved` when that matcher sees the ring, or its lease), so that publishers still on
+/// the old ring reach it meanwhile.
+pub(crate) fn reconcile(inner: &Arc<Inner>) {
+    let Ok(p) = inner.placement() else { return };
+    if inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let members: HashSet<&str> = p.members().iter().map(|m| m.addr.as_str()).collect();
+    let misplaced: Vec<SubscriptionId> = {
+        let mut subs = inner.subs();
+        subs.iter_mut()
+            .filter_map(|(id, s)| {
+                s.nodes.retain(|a| members.contains(a.as_str()));
+                let wanted: Vec<String> = match s.spec.pattern.as_topic() {
+                    Some(t) => p.owner(&t).map(|m| m.addr.clone()).into_iter().collect(),
+                    None => p.members().iter().map(|m| m.addr.clone()).collect(),
+                };
+                wanted.iter().any(|a| !s.nodes.contains(a)).then_some(*id)
+            })
+            .collect()
+    };
+    for id in misplaced {
+        spawn_replace(inner.clone(), id);
+    }
+}
+
+/// When to renew a lease that expires in `expires_in_ms`: a third of the way in (bounded,
+/// whatever a matcher answers).
+fn renew_at(expires_in_ms: u64) -> Instant {
+    let ms = (expires_in_ms / 3).min(sift_protocol::limits::LEASE_MAX_MS);
+    Instant::now() + Duration::from_millis(ms)
 }
 
 /// How often the renewal task looks for leases to renew.
@@ -457,8 +538,7 @@ pub(crate) async fn renew_leases(inner: Weak<Inner>) {
                 match me.request(&addr, req, Frame::Renew { req, sub: id }).await {
                     Ok(Frame::Subscribed { expires_in_ms, .. }) => {
                         if let Some(s) = me.subs().get_mut(&id) {
-                            s.renew_at =
-                                Some(Instant::now() + Duration::from_millis(expires_in_ms / 3));
+                            s.renew_at = Some(renew_at(expires_in_ms));
                         }
                     }
                     // Lost there (expired, or the matcher restarted): place it again.

@@ -387,3 +387,40 @@ async fn a_cluster_that_requires_a_token() {
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn at_least_once_survives_a_full_client_buffer() {
+    let cluster = Cluster::start_with(1, |m| m.ack_timeout = Duration::from_millis(200)).await;
+    let mut config = cluster.client_config();
+    config.buffer_len = 1;
+    let client = sift_client::Client::connect(config).await.unwrap();
+    bounded(async {
+        let mut sub = client
+            .subscribe("work")
+            .at_least_once()
+            .start()
+            .await
+            .unwrap();
+        // Five events while the application reads nothing: the SDK's buffer holds one.
+        for n in 0..5 {
+            client
+                .publish_acked(Message::new("work").attr("n", n))
+                .await
+                .unwrap();
+        }
+        // The ones that did not fit come back (not acked) and are not taken for duplicates.
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 5 {
+            let n = sub.next().await.unwrap();
+            let Value::Int(k) = n.event.attrs["n"] else {
+                panic!()
+            };
+            assert!(seen.insert(k), "event {k} seen twice");
+            n.ack().await.unwrap();
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}

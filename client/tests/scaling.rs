@@ -66,11 +66,16 @@ async fn a_joining_matcher_takes_its_topics_and_clients_follow() {
     let topic = topic_owned_by(&["m1", "m2"], "m2");
     bounded(async {
         let mut sub = client.subscribe(topic.clone()).start().await.unwrap();
+        let mut pattern = client.subscribe("moving.*").start().await.unwrap();
         client
             .publish_acked(Message::new(&topic).attr("n", 0))
             .await
             .unwrap();
         assert_eq!(sub.next().await.unwrap().event.attrs["n"], Value::Int(0));
+        assert_eq!(
+            pattern.next().await.unwrap().event.attrs["n"],
+            Value::Int(0)
+        );
         // m2 joins and owns the topic now: m1 answers not-owner, the client follows the ring,
         // and the subscription moves to m2 with it.
         cluster.add_matcher().await;
@@ -89,9 +94,12 @@ async fn a_joining_matcher_takes_its_topics_and_clients_follow() {
             .iter()
             .find(|m| m.member().id == "m2")
             .unwrap();
-        assert!(
-            m2.stats().await.unwrap().subscriptions >= 1,
-            "the subscription lives on m2"
+        // The pattern subscription joins m2 too and sees the events of m2's topics.
+        publish_until_pattern_sees_new(&client, &topic, &mut pattern).await;
+        assert_eq!(
+            m2.stats().await.unwrap().subscriptions,
+            2,
+            "the exact subscription moved to m2, and the pattern subscription joined it there"
         );
     })
     .await;

@@ -395,6 +395,11 @@ impl Core {
             }
             _ => {}
         }
+        if self.subs.get(&sub.id).is_some_and(|s| s.conn != conn) {
+            // The client subscribes again from a new connection before this matcher noticed
+            // its old one was gone: the subscription moves to the new connection.
+            self.forget(sub.id, EndReason::Moved);
+        }
         let per_conn = self.conns.get(&conn).map_or(0, HashSet::len);
         if per_conn >= self.config.subscriptions_per_connection_max {
             let max = self.config.subscriptions_per_connection_max;

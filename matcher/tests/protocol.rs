@@ -578,3 +578,43 @@ async fn a_subscriber_that_stops_reading_cannot_hold_a_shutdown() {
         .await
         .expect("shutdown finishes while a subscriber does not read");
 }
+
+#[tokio::test]
+async fn a_subscription_follows_its_client_to_a_new_connection() {
+    let s = standalone(|_| {});
+    let run = async {
+        let addr = s.matcher.local_addr().unwrap();
+        // The client's old connection is gone as far as it knows, but the matcher has not
+        // noticed yet; the client subscribes again, same id, on a new connection.
+        let mut old = Raw::connect(&s.client, addr).await;
+        old.subscribe(7, "jobs", DeliveryMode::AtMostOnce).await;
+        let mut new = Raw::connect(&s.client, addr).await;
+        assert!(matches!(
+            new.subscribe(7, "jobs", DeliveryMode::AtMostOnce).await,
+            Frame::Subscribed { .. }
+        ));
+        // Again on the same connection it is a duplicate.
+        let Frame::Error(e) = new.subscribe(7, "jobs", DeliveryMode::AtMostOnce).await else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::DuplicateSubscription);
+        assert_eq!(s.matcher.stats().await.unwrap().subscriptions, 1);
+        assert!(matches!(
+            new.publish("jobs", 1, 8).await,
+            Frame::PublishAck { .. }
+        ));
+        let mut stream = FrameReader::new(new.conn.accept_uni().await.unwrap(), FRAME_BYTES_MAX);
+        assert_eq!(next_notify(&mut stream).await.event.id.seq, 1);
+        // The old connection's stream says the subscription went elsewhere.
+        let mut gone = FrameReader::new(old.conn.accept_uni().await.unwrap(), FRAME_BYTES_MAX);
+        assert_eq!(
+            gone.next().await.unwrap(),
+            Some(Frame::Ended {
+                sub: SubscriptionId(7),
+                reason: EndReason::Moved
+            })
+        );
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    s.matcher.shutdown().await;
+}
