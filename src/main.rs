@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::cluster::AdminCommand,
     },
+    /// Load tests: one scenario against Sift or a peer, or a whole suite with reports.
+    Bench {
+        #[command(subcommand)]
+        command: cli::bench::BenchCommand,
+    },
     /// Work with filter expressions.
     Filter {
         #[command(subcommand)]
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::Sub(args) => cli::pubsub::subscribe(args),
         Command::Ring(args) => cli::cluster::ring(args),
         Command::Admin { command } => cli::cluster::admin(command),
+        Command::Bench { command } => cli::bench::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Subcommands of the `sift` binary and their terminal output.
 
+pub mod bench;
 pub mod cluster;
 pub mod common;
 pub mod dev;

@@ -1,0 +1,601 @@
+//! The systems a run drives, behind one small interface: connect a publisher, open a
+//! subscriber connection with some subscriptions. Sift through its SDK; NATS, Redis pub/sub and
+//! MQTT through their own Rust clients (async-nats, redis, rumqttc).
+//!
+//! Peers have no content filters: a subscription with a filter is emulated on the subscriber
+//! side (the connection subscribes to the topic once and evaluates its subscribers' filters on
+//! each message), which is what an application on a peer would have to do.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sift_client::{Client, ClientConfig, Message};
+use sift_protocol::{Attributes, Filter, Value};
+use tokio::task::JoinHandle;
+
+use crate::collect::Collector;
+use crate::stamp::Stamp;
+
+/// Which system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// Sift, through `sift-client`.
+    Sift,
+    /// NATS core, through async-nats.
+    Nats,
+    /// Redis pub/sub, through redis-rs.
+    Redis,
+    /// An MQTT broker (Mosquitto), QoS 0, through rumqttc.
+    Mqtt,
+}
+
+impl TargetKind {
+    /// Every kind, Sift first.
+    pub const ALL: [TargetKind; 4] = [
+        TargetKind::Sift,
+        TargetKind::Nats,
+        TargetKind::Redis,
+        TargetKind::Mqtt,
+    ];
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Sift => "sift",
+            TargetKind::Nats => "nats",
+            TargetKind::Redis => "redis",
+            TargetKind::Mqtt => "mqtt",
+        }
+    }
+
+    /// The server's usual address on loopback.
+    pub fn default_addr(self) -> &'static str {
+        match self {
+            TargetKind::Sift => "127.0.0.1:7400",
+            TargetKind::Nats => "127.0.0.1:4222",
+            TargetKind::Redis => "127.0.0.1:6379",
+            TargetKind::Mqtt => "127.0.0.1:1883",
+        }
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TargetKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        TargetKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| anyhow!("unknown target {s:?}: sift, nats, redis or mqtt"))
+    }
+}
+
+/// A system to drive, with where it is.
+#[derive(Clone)]
+pub enum Target {
+    /// A Sift cluster: the SDK configuration (coordinator, CA, token).
+    Sift(Box<ClientConfig>),
+    /// A NATS server, `host:port`.
+    Nats(String),
+    /// A Redis server, `host:port`.
+    Redis(String),
+    /// An MQTT broker, `host:port`.
+    Mqtt(String),
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Sift(c) => write!(f, "Sift({})", c.coordinator),
+            Target::Nats(a) => write!(f, "Nats({a})"),
+            Target::Redis(a) => write!(f, "Redis({a})"),
+            Target::Mqtt(a) => write!(f, "Mqtt({a})"),
+        }
+    }
+}
+
+impl Target {
+    /// Which system this is.
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Target::Sift(_) => TargetKind::Sift,
+            Target::Nats(_) => TargetKind::Nats,
+            Target::Redis(_) => TargetKind::Redis,
+            Target::Mqtt(_) => TargetKind::Mqtt,
+        }
+    }
+}
+
+/// One subscription: a topic or pattern in Sift's syntax, and maybe a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubSpec {
+    /// Topic or pattern (`a.b`, `a.*`, `a.>`).
+    pub subject: String,
+    /// A filter expression over the event's attributes.
+    pub filter: Option<String>,
+}
+
+/// An MQTT topic or topic filter for a Sift topic or pattern.
+pub fn mqtt_topic(subject: &str) -> String {
+    subject
+        .split('.')
+        .map(|t| match t {
+            "*" => "+",
+            ">" => "#",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A Redis channel pattern for a Sift pattern (`*` and `>` both become `*`), or `None` for a
+/// plain topic.
+pub fn redis_pattern(subject: &str) -> Option<String> {
+    if subject.split('.').any(|t| t == "*" || t == ">") {
+        Some(
+            subject
+                .split('.')
+                .map(|t| if t == ">" { "*" } else { t })
+                .collect::<Vec<_>>()
+                .join("."),
+        )
+    } else {
+        None
+    }
+}
+
+fn is_pattern(subject: &str) -> bool {
+    redis_pattern(subject).is_some()
+}
+
+/// Sends events to one target.
+pub enum Publisher {
+    /// Sift's client; `attrs` says whether events carry the `k` attribute.
+    Sift {
+        /// The client.
+        client: Client,
+        /// Whether to attach the `k` attribute.
+        attrs: bool,
+    },
+    /// async-nats (it buffers and flushes by itself).
+    Nats(async_nats::Client),
+    /// redis-rs: PUBLISH commands go out in pipelines of up to 64.
+    Redis {
+        /// The connection.
+        conn: redis::aio::MultiplexedConnection,
+        /// Commands waiting for the next flush.
+        pipe: redis::Pipeline,
+        /// How many.
+        queued: usize,
+    },
+    /// rumqttc, QoS 0; its event loop runs on its own task.
+    Mqtt {
+        /// The client.
+        client: rumqttc::AsyncClient,
+        /// The event loop.
+        task: JoinHandle<()>,
+    },
+}
+
+const REDIS_PIPELINE: usize = 64;
+
+impl Publisher {
+    /// Connects publisher number `id` of run `nonce`; `attrs` makes Sift events carry the
+    /// filter attribute.
+    pub async fn connect(target: &Target, nonce: u64, id: usize, attrs: bool) -> Result<Publisher> {
+        Ok(match target {
+            Target::Sift(config) => Publisher::Sift {
+                client: Client::connect((**config).clone())
+                    .await
+                    .context("cannot connect to the Sift cluster")?,
+                attrs,
+            },
+            Target::Nats(addr) => Publisher::Nats(nats(addr).await?),
+            Target::Redis(addr) => {
+                let client = redis::Client::open(format!("redis://{addr}/"))?;
+                let conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+                Publisher::Redis {
+                    conn,
+                    pipe: redis::pipe(),
+                    queued: 0,
+                }
+            }
+            Target::Mqtt(addr) => {
+                let (client, mut events) = mqtt(addr, &format!("pub-{nonce:x}-{id}"))?;
+                // Wait for the broker's ConnAck before publishing.
+                wait_mqtt_connected(&mut events, addr).await?;
+                let task = tokio::spawn(async move {
+                    loop {
+                        if events.poll().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Publisher::Mqtt { client, task }
+            }
+        })
+    }
+
+    /// Publishes one event (a peer may hold it until [`Publisher::flush`]).
+    pub async fn publish(&mut self, topic: &str, payload: Vec<u8>, k: i64) -> Result<()> {
+        match self {
+            Publisher::Sift { client, attrs } => {
+                let mut m = Message::new(topic).payload(payload);
+                if *attrs {
+                    m = m.attr("k", k);
+                }
+                client.publish(m).await?;
+            }
+            Publisher::Nats(c) => c.publish(topic.to_owned(), Bytes::from(payload)).await?,
+            Publisher::Redis { pipe, queued, .. } => {
+                pipe.cmd("PUBLISH").arg(topic).arg(payload).ignore();
+                *queued += 1;
+                if *queued >= REDIS_PIPELINE {
+                    self.flush().await?;
+                }
+            }
+            Publisher::Mqtt { client, .. } => {
+                client
+                    .publish_bytes(
+                        mqtt_topic(topic),
+                        rumqttc::QoS::AtMostOnce,
+                        false,
+                        Bytes::from(payload),
+                    )
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends whatever the client still holds.
+    pub async fn flush(&mut self) -> Result<()> {
+        if let Publisher::Redis { conn, pipe, queued } = self {
+            if *queued > 0 {
+                pipe.query_async::<()>(conn).await?;
+                pipe.clear();
+                *queued = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and disconnects.
+    pub async fn close(mut self) {
+        let _ = self.flush().await;
+        match self {
+            Publisher::Sift { client, .. } => client.close().await,
+            Publisher::Nats(c) => {
+                let _ = c.flush().await;
+            }
+            Publisher::Redis { .. } => {}
+            Publisher::Mqtt { client, task } => {
+                let _ = client.disconnect().await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            }
+        }
+    }
+}
+
+async fn nats(addr: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .subscription_capacity(65_536)
+        .client_capacity(65_536)
+        .connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {addr}"))
+}
+
+fn mqtt(addr: &str, id: &str) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("MQTT address {addr:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("bad port in {addr:?}"))?;
+    let mut options = rumqttc::MqttOptions::new(id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_clean_session(true);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 65_536);
+    // As NATS and Redis do on their sockets: no Nagle delay on small messages.
+    events.network_options.set_tcp_nodelay(true);
+    Ok((client, events))
+}
+
+async fn wait_mqtt_connected(events: &mut rumqttc::EventLoop, addr: &str) -> Result<()> {
+    let wait = async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow!("cannot connect to MQTT at {addr}: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| anyhow!("no ConnAck from MQTT at {addr} within 10 s"))?
+}
+
+/// Client-side filters of one peer connection: per subscribed subject, its subscribers'
+/// filters. An empty list means "no filter": each message is one delivery.
+#[derive(Default)]
+struct LocalFilters {
+    by_subject: HashMap<String, Vec<Filter>>,
+}
+
+impl LocalFilters {
+    /// Matching subscribers for a message on `subject` whose stamp carries `k`.
+    fn matches(&self, subject: &str, payload: &[u8]) -> u64 {
+        match self.by_subject.get(subject) {
+            Some(filters) if !filters.is_empty() => {
+                let Some(stamp) = Stamp::read(payload) else {
+                    return 0;
+                };
+                let mut attrs = Attributes::new();
+                attrs.insert("k".into(), Value::Int(stamp.k));
+                filters.iter().filter(|f| f.matches(&attrs)).count() as u64
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// Groups a connection's subscriptions by subject for a peer: each subject is subscribed once
+/// and its filters are applied locally.
+fn group_for_peer(specs: &[SubSpec]) -> Result<(Vec<String>, LocalFilters)> {
+    let mut subjects = Vec::new();
+    let mut local = LocalFilters::default();
+    for spec in specs {
+        let filters = local
+            .by_subject
+            .entry(spec.subject.clone())
+            .or_insert_with(|| {
+                subjects.push(spec.subject.clone());
+                Vec::new()
+            });
+        if let Some(f) = &spec.filter {
+            if is_pattern(&spec.subject) {
+                bail!("client-side filters are emulated on topics, not patterns");
+            }
+            filters.push(Filter::parse(f).map_err(|e| anyhow!("bad filter {f:?}: {e}"))?);
+        }
+    }
+    Ok((subjects, local))
+}
+
+/// A subscriber connection with its subscriptions, delivering into a collector until closed.
+pub struct SubscriberConn {
+    tasks: Vec<JoinHandle<()>>,
+    closer: Closer,
+}
+
+enum Closer {
+    Sift(Client),
+    Nats(async_nats::Client),
+    None,
+    Mqtt(rumqttc::AsyncClient),
+}
+
+impl SubscriberConn {
+    /// Opens connection number `id` and subscribes `specs`; returns once every subscription is
+    /// in place on the server.
+    pub async fn open(
+        target: &Target,
+        id: usize,
+        specs: &[SubSpec],
+        collector: &Arc<Collector>,
+    ) -> Result<SubscriberConn> {
+        match target {
+            Target::Sift(config) => {
+                let mut config = (**config).clone();
+                config.buffer_len = 65_536;
+                let client = Client::connect(config)
+                    .await
+                    .context("cannot connect to the Sift cluster")?;
+                let subscribing = specs.iter().map(|spec| {
+                    let mut b = client.subscribe(&spec.subject);
+                    if let Some(f) = &spec.filter {
+                        b = b.filter(f);
+                    }
+                    b.start()
+                });
+                let subs = futures::future::try_join_all(subscribing)
+                    .await
+                    .context("subscribe")?;
+                let tasks = subs
+                    .into_iter()
+                    .map(|mut sub| {
+                        let mut rec = collector.recorder();
+                        tokio::spawn(async move {
+                            while let Some(n) = sub.next().await {
+                                rec.deliver(&n.event.payload, 1);
+                            }
+                        })
+                    })
+                    .collect();
+                Ok(SubscriberConn {
+                    tasks,
+                    closer: Closer::Sift(client),
+                })
+            }
+            Target::Nats(addr) => {
+                let (subjects, local) = group_for_peer(specs)?;
+                let client = nats(addr).await?;
+                let local = Arc::new(local);
+                let mut tasks = Vec::new();
+                for subject in subjects {
+                    let mut sub = client.subscribe(subject).await?;
+                    let mut rec = collector.recorder();
+                    let local = local.clone();
+                    tasks.push(tokio::spawn(async move {
+                        while let Some(m) = sub.next().await {
+                            let n = local.matches(m.subject.as_str(), &m.payload);
+                            rec.deliver(&m.payload, n);
+                        }
+                    }));
+                }
+                // The server has every SUB once it answered the flush's PING.
+                client.flush().await?;
+                Ok(SubscriberConn {
+                    tasks,
+                    closer: Closer::Nats(client),
+                })
+            }
+            Target::Redis(addr) => {
+                let (subjects, local) = group_for_peer(specs)?;
+                let client = redis::Client::open(format!("redis://{addr}/"))?;
+                let mut pubsub = client
+                    .get_async_pubsub()
+                    .await
+                    .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+                for subject in subjects {
+                    match redis_pattern(&subject) {
+                        Some(p) => pubsub.psubscribe(p).await?,
+                        None => pubsub.subscribe(subject).await?,
+                    }
+                }
+                let mut stream = pubsub.into_on_message();
+                let mut rec = collector.recorder();
+                let task = tokio::spawn(async move {
+                    while let Some(m) = stream.next().await {
+                        let payload = m.get_payload_bytes();
+                        let n = local.matches(m.get_channel_name(), payload);
+                        rec.deliver(payload, n);
+                    }
+                });
+                Ok(SubscriberConn {
+                    tasks: vec![task],
+                    closer: Closer::None,
+                })
+            }
+            Target::Mqtt(addr) => {
+                let (subjects, local) = group_for_peer(specs)?;
+                let local = LocalFilters {
+                    by_subject: local
+                        .by_subject
+                        .into_iter()
+                        .map(|(s, f)| (mqtt_topic(&s), f))
+                        .collect(),
+                };
+                let (client, mut events) =
+                    mqtt(addr, &format!("sub-{:x}-{id}", collector.nonce()))?;
+                wait_mqtt_connected(&mut events, addr).await?;
+                let filters: Vec<rumqttc::SubscribeFilter> = subjects
+                    .iter()
+                    .map(|s| rumqttc::SubscribeFilter::new(mqtt_topic(s), rumqttc::QoS::AtMostOnce))
+                    .collect();
+                let mut acks_needed = 0usize;
+                for chunk in filters.chunks(100) {
+                    client.subscribe_many(chunk.to_vec()).await?;
+                    acks_needed += 1;
+                }
+                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+                let mut rec = collector.recorder();
+                let task = tokio::spawn(async move {
+                    let mut ready = Some(ready_tx);
+                    let mut acks = 0;
+                    loop {
+                        match events.poll().await {
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                                let n = local.matches(&p.topic, &p.payload);
+                                rec.deliver(&p.payload, n);
+                            }
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                                acks += 1;
+                                if acks >= acks_needed {
+                                    if let Some(tx) = ready.take() {
+                                        let _ = tx.send(());
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                tokio::time::timeout(Duration::from_secs(30), ready_rx)
+                    .await
+                    .map_err(|_| anyhow!("MQTT subscriptions not acknowledged within 30 s"))?
+                    .map_err(|_| anyhow!("the MQTT connection closed while subscribing"))?;
+                Ok(SubscriberConn {
+                    tasks: vec![task],
+                    closer: Closer::Mqtt(client),
+                })
+            }
+        }
+    }
+
+    /// Stops delivering and disconnects; the recorders flush as their tasks end.
+    pub async fn close(self) {
+        match self.closer {
+            Closer::Sift(c) => c.close().await,
+            Closer::Nats(c) => drop(c),
+            Closer::Mqtt(c) => {
+                let _ = c.disconnect().await;
+            }
+            Closer::None => {}
+        }
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_map_to_each_peer() {
+        assert_eq!(mqtt_topic("orders.*.eu"), "orders/+/eu");
+        assert_eq!(mqtt_topic("orders.>"), "orders/#");
+        assert_eq!(redis_pattern("orders.*"), Some("orders.*".into()));
+        assert_eq!(redis_pattern("orders.>"), Some("orders.*".into()));
+        assert_eq!(redis_pattern("orders.eu"), None);
+        assert_eq!("mqtt".parse::<TargetKind>().unwrap(), TargetKind::Mqtt);
+        assert!("kafka".parse::<TargetKind>().is_err());
+    }
+
+    #[test]
+    fn client_side_filters_count_the_subscribers_that_want_a_message() {
+        let specs: Vec<SubSpec> = (0..10)
+            .map(|i| SubSpec {
+                subject: "t".into(),
+                filter: Some(format!("k == {}", i % 5)),
+            })
+            .collect();
+        let (subjects, local) = group_for_peer(&specs).unwrap();
+        assert_eq!(subjects, vec!["t".to_string()]);
+        let payload = |k| {
+            Stamp {
+                nonce: 1,
+                sent_ns: 0,
+                seq: 0,
+                k,
+            }
+            .payload(64)
+        };
+        assert_eq!(local.matches("t", &payload(3)), 2);
+        assert_eq!(local.matches("t", &payload(7)), 0);
+        assert_eq!(local.matches("other", &payload(3)), 1);
+    }
+}

@@ -1,0 +1,138 @@
+//! The closed loop of max-rate runs: publishers may have at most `max` notifications in flight
+//! (issued but not yet delivered), so queues stay bounded and the delivery ratio means
+//! something. A notification that never arrives (a peer dropped it) would hold the window
+//! forever, so a publisher that waited longer than the stall timeout writes what is in flight
+//! off and goes on; the run counts those stalls.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// Notifications in flight, shared by publishers and subscribers.
+#[derive(Debug)]
+pub struct Window {
+    issued: AtomicU64,
+    done: AtomicU64,
+    max: u64,
+    stall: Duration,
+    waiting: AtomicBool,
+    notify: Notify,
+    stalls: AtomicU64,
+}
+
+impl Window {
+    /// At most `max` in flight; a wait longer than `stall` writes the flight off.
+    pub fn new(max: u64, stall: Duration) -> Window {
+        Window {
+            issued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            max: max.max(1),
+            stall,
+            waiting: AtomicBool::new(false),
+            notify: Notify::new(),
+            stalls: AtomicU64::new(0),
+        }
+    }
+
+    /// Notifications issued and not yet delivered (or written off).
+    pub fn in_flight(&self) -> u64 {
+        self.issued
+            .load(Ordering::Acquire)
+            .saturating_sub(self.done.load(Ordering::Acquire))
+    }
+
+    /// Times a publisher gave up waiting.
+    pub fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// Issues `n` notifications if they fit now (or the window is empty).
+    pub fn try_acquire(&self, n: u64) -> bool {
+        let in_flight = self.in_flight();
+        if in_flight == 0 || in_flight + n <= self.max {
+            self.issued.fetch_add(n, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits until `n` more notifications fit, then issues them. An empty window always
+    /// admits, so one event with more matches than `max` still goes out.
+    pub async fn acquire(&self, n: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let in_flight = self.in_flight();
+            if in_flight == 0 || in_flight + n <= self.max {
+                self.issued.fetch_add(n, Ordering::AcqRel);
+                return;
+            }
+            self.waiting.store(true, Ordering::Release);
+            if tokio::time::timeout(self.stall, notified).await.is_err() {
+                // Whatever is still in flight after a stall is taken as lost.
+                self.stalls.fetch_add(1, Ordering::Relaxed);
+                let issued = self.issued.load(Ordering::Acquire);
+                self.done.fetch_max(issued, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// `n` notifications arrived.
+    pub fn release(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::AcqRel);
+        if self.waiting.load(Ordering::Acquire) && self.in_flight() <= self.max / 2 {
+            self.waiting.store(false, Ordering::Release);
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_window_waits_for_deliveries() {
+        let w = Arc::new(Window::new(10, Duration::from_secs(5)));
+        w.acquire(10).await;
+        assert_eq!(w.in_flight(), 10);
+        let w2 = w.clone();
+        let waiter = tokio::spawn(async move { w2.acquire(1).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        w.release(6);
+        waiter.await.unwrap();
+        assert_eq!(w.in_flight(), 5);
+        assert_eq!(w.stalls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_never_waits() {
+        let w = Window::new(4, Duration::from_secs(1));
+        assert!(w.try_acquire(3));
+        assert!(!w.try_acquire(2));
+        w.release(3);
+        assert!(w.try_acquire(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_notification_costs_one_stall_not_the_run() {
+        let w = Window::new(4, Duration::from_millis(100));
+        w.acquire(4).await;
+        w.release(3); // one never arrives
+        w.acquire(4).await; // waits out the stall, then goes on
+        assert_eq!(w.stalls(), 1);
+        assert_eq!(w.in_flight(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_larger_than_the_window_still_goes_out() {
+        let w = Window::new(4, Duration::from_secs(1));
+        w.acquire(100).await;
+        assert_eq!(w.in_flight(), 100);
+    }
+}

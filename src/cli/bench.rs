@@ -1,0 +1,295 @@
+//! `sift bench`: load runs against Sift and its peers, whole suites with reports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use sift_bench::procs::{pid_listening_on, Pinning};
+use sift_bench::suite::{run_suite, standard_variants, SuiteConfig};
+use sift_bench::{Params, RunOptions, Scenario, Target, TargetKind};
+
+use super::common::{self, ClusterArgs};
+use super::{err, out};
+
+/// `sift bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// One scenario against one target; ends with one JSON line per result on stdout.
+    Run(Box<RunArgs>),
+    /// Every scenario against every available target, several times, with the servers
+    /// started here; writes results.jsonl, report.md and report.html.
+    Suite(SuiteArgs),
+    /// Writes report.md and report.html again from DIR/results.jsonl.
+    Report {
+        /// The suite's output directory.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
+}
+
+/// Arguments of `sift bench run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// fanin, fanout, latency, patterns, filters or scale.
+    pub scenario: Scenario,
+    /// sift, nats, redis or mqtt.
+    #[arg(long, default_value = "sift")]
+    pub target: TargetKind,
+    /// The server, `host:port` (for Sift, the coordinator). Default: the target's usual
+    /// loopback port, or a local `sift dev`.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// How long to publish (e.g. 10s).
+    #[arg(long, value_parser = common::duration)]
+    pub duration: Option<Duration>,
+    /// Publisher connections.
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Subscribers (subscriptions; for patterns, pattern subscriptions).
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Topics.
+    #[arg(long)]
+    pub topics: Option<usize>,
+    /// Subscriber connections the subscriptions are spread over.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Payload bytes (at least 32).
+    #[arg(long)]
+    pub payload: Option<usize>,
+    /// Offered events per second (open loop); without it, max rate in a closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed loop: most notifications in flight.
+    #[arg(long)]
+    pub in_flight: Option<u64>,
+    /// Scale: matcher counts, e.g. 1,2,4.
+    #[arg(long, value_delimiter = ',')]
+    pub matchers: Vec<usize>,
+    /// Server processes to measure (CPU, peak memory); found by port on loopback otherwise.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Also append the result lines to DIR/results.jsonl.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Scale: first port of the clusters it starts.
+    #[arg(long, default_value_t = 7700)]
+    pub scale_port: u16,
+    /// Scale: where the clusters' certificates and logs go.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Scale: `taskset -c` cores for the cluster's processes.
+    #[arg(long)]
+    pub server_cpus: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Arguments of `sift bench suite`.
+#[derive(Args, Debug)]
+pub struct SuiteArgs {
+    /// Where results, reports, plots and logs go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Targets, e.g. sift,nats (default: all that are installed).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<TargetKind>,
+    /// Scenarios (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<Scenario>,
+    /// Repetitions of every run.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// How long each run publishes.
+    #[arg(long, default_value = "3s", value_parser = common::duration)]
+    pub duration: Duration,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Do not pin servers and generator to separate cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Added to the ports of the servers the suite starts (sift 7450, nats 4322, redis 6479,
+    /// mqtt 1983, scale clusters 7750 and up).
+    #[arg(long, default_value_t = 0)]
+    pub port_offset: u16,
+}
+
+/// Runs a `sift bench` subcommand.
+pub fn run(command: BenchCommand) -> Result<()> {
+    common::init_logs(false, "warn");
+    match command {
+        BenchCommand::Run(args) => run_one(*args),
+        BenchCommand::Suite(args) => suite(args),
+        BenchCommand::Report { out: dir } => {
+            sift_bench::report::write_reports(&dir)?;
+            out(&format!(
+                "wrote {0}/report.md and {0}/report.html",
+                dir.display()
+            ));
+            Ok(())
+        }
+    }
+}
+
+fn run_one(args: RunArgs) -> Result<()> {
+    let mut params = Params::new(args.scenario);
+    if let Some(v) = args.publishers {
+        params.publishers = v;
+    }
+    if let Some(v) = args.subscribers {
+        params.subscribers = v;
+        // Fan-out means one connection per subscriber unless told otherwise.
+        if args.scenario == Scenario::Fanout && args.connections.is_none() {
+            params.connections = v;
+        }
+        if args.scenario == Scenario::Patterns && args.topics.is_none() {
+            params.topics = v;
+        }
+    }
+    if let Some(v) = args.topics {
+        params.topics = v;
+    }
+    if let Some(v) = args.connections {
+        params.connections = v;
+    }
+    if let Some(v) = args.payload {
+        params.payload = v;
+    }
+    if args.rate.is_some() {
+        params.rate = args.rate;
+    }
+    if let Some(v) = args.in_flight {
+        params.in_flight = v;
+    }
+    if let Some(v) = args.duration {
+        params.duration = v;
+    }
+    if !args.matchers.is_empty() {
+        params.matchers = args.matchers.clone();
+    }
+    params.validate(args.target)?;
+    let addr = args
+        .addr
+        .clone()
+        .unwrap_or_else(|| args.target.default_addr().to_string());
+    let target = match args.target {
+        TargetKind::Sift => {
+            let mut cluster = args.cluster.clone();
+            if args.addr.is_some() {
+                cluster.coordinator = args.addr.clone();
+            }
+            if args.scenario == Scenario::Scale {
+                // The scenario starts its own clusters.
+                None
+            } else {
+                Some(Target::Sift(Box::new(cluster.client_config()?)))
+            }
+        }
+        TargetKind::Nats => Some(Target::Nats(addr.clone())),
+        TargetKind::Redis => Some(Target::Redis(addr.clone())),
+        TargetKind::Mqtt => Some(Target::Mqtt(addr.clone())),
+    };
+    let mut server_pids = args.server_pids.clone();
+    if server_pids.is_empty() && args.scenario != Scenario::Scale {
+        let local = match &target {
+            Some(Target::Sift(c)) => Some(c.coordinator),
+            _ => common::resolve(&addr).ok(),
+        };
+        if let Some(sock) = local.filter(|s| s.ip().is_loopback()) {
+            server_pids.extend(pid_listening_on(sock.port()));
+        }
+    }
+    let opts = RunOptions {
+        server_pids,
+        quiet: args.quiet,
+        sift_exe: Some(std::env::current_exe().context("cannot find the sift binary")?),
+        work_dir: args.work_dir.clone(),
+        scale_port: args.scale_port,
+        server_cpus: args.server_cpus.clone(),
+    };
+    let results = common::runtime()?.block_on(async {
+        match &target {
+            Some(t) => sift_bench::run(t, &params, &opts).await,
+            None => sift_bench::run::run_scale(&params, &opts).await,
+        }
+    })?;
+    let mut file = match &args.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("results.jsonl"))?,
+            )
+        }
+        None => None,
+    };
+    for r in &results {
+        let line = serde_json::to_string(r)?;
+        out(&line);
+        if let Some(f) = &mut file {
+            use std::io::Write;
+            writeln!(f, "{line}")?;
+        }
+        if r.summary.delivery_ratio < 0.999 && !args.quiet {
+            err(&format!(
+                "note: delivery ratio {:.4}: {} of {} notifications did not arrive",
+                r.summary.delivery_ratio,
+                r.summary.expected.saturating_sub(r.summary.delivered),
+                r.summary.expected
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn suite(args: SuiteArgs) -> Result<()> {
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let targets = if args.targets.is_empty() {
+        TargetKind::ALL.to_vec()
+    } else {
+        args.targets.clone()
+    };
+    let config = SuiteConfig {
+        out: args.out.clone(),
+        targets,
+        variants: standard_variants(args.duration, args.payload)
+            .into_iter()
+            .filter(|p| scenarios.contains(&p.scenario))
+            .collect(),
+        reps: args.reps,
+        pinning: if args.no_pin {
+            Pinning::default()
+        } else {
+            Pinning::split()
+        },
+        sift_exe: std::env::current_exe().context("cannot find the sift binary")?,
+        port_offset: args.port_offset,
+    };
+    let outcome = run_suite(&config, &mut |line| err(line))?;
+    let dir = args.out.display();
+    out(&format!(
+        "{} results in {dir}/results.jsonl; reports {dir}/report.md, {dir}/report.html",
+        outcome.results
+    ));
+    if !outcome.failures.is_empty() {
+        bail!(
+            "{} run(s) failed (listed in {dir}/failures.jsonl and the report)",
+            outcome.failures.len()
+        );
+    }
+    Ok(())
+}
