@@ -7,6 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The servers allocate per notification and per packet; mimalloc keeps that cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sift: a distributed publish/subscribe matching service.
 #[derive(Parser, Debug)]
 #[command(name = "sift", version, about, propagate_version = true)]

@@ -246,9 +246,8 @@ async fn run_once(
     let gen_after = proc_stats(std::process::id());
     let wall = start.elapsed().as_secs_f64();
     progress.finish();
-    for s in subscribers {
-        s.close().await;
-    }
+    // All at once: a client's close waits a short grace for its connections to finish.
+    futures::future::join_all(subscribers.into_iter().map(SubscriberConn::close)).await;
     if let Some(e) = publish_error {
         return Err(e.context("publishing failed"));
     }
