@@ -103,6 +103,10 @@ pub struct Params {
     pub in_flight: u64,
     /// Scale: matcher counts to step through.
     pub matchers: Vec<usize>,
+    /// At-least-once delivery: Sift's acked publishes and acknowledged subscriptions, MQTT
+    /// QoS 1. NATS core and Redis pub/sub have no such mode.
+    #[serde(default)]
+    pub at_least_once: bool,
 }
 
 mod secs {
@@ -145,7 +149,15 @@ impl Params {
             } else {
                 vec![]
             },
+            at_least_once: false,
         }
+    }
+
+    /// Whether this run applies to `target` at all: the scale scenario is Sift's, and NATS
+    /// core and Redis pub/sub have no at-least-once mode.
+    pub fn runs_on(&self, target: TargetKind) -> bool {
+        (self.scenario != Scenario::Scale || target == TargetKind::Sift)
+            && (!self.at_least_once || matches!(target, TargetKind::Sift | TargetKind::Mqtt))
     }
 
     /// Checks the parameters make sense for `target`.
@@ -174,6 +186,9 @@ impl Params {
             if self.matchers.is_empty() || self.matchers.contains(&0) {
                 bail!("--matchers must list matcher counts of at least 1");
             }
+        }
+        if self.at_least_once && !matches!(target, TargetKind::Sift | TargetKind::Mqtt) {
+            bail!("{target} has no at-least-once delivery: compare at-least-once Sift with MQTT QoS 1");
         }
         if matches!(target, TargetKind::Redis | TargetKind::Mqtt)
             && self.scenario == Scenario::Fanout
@@ -393,6 +408,10 @@ mod tests {
         assert!(Params::new(Scenario::Scale)
             .validate(TargetKind::Nats)
             .is_err());
+        let mut alo = Params::new(Scenario::Fanin);
+        alo.at_least_once = true;
+        assert!(alo.validate(TargetKind::Mqtt).is_ok());
+        assert!(alo.validate(TargetKind::Redis).is_err());
         let mut p = Params::new(Scenario::Fanout);
         p.connections = 10;
         assert!(p.validate(TargetKind::Redis).is_err());

@@ -125,6 +125,15 @@ pub async fn run_scale(params: &Params, opts: &RunOptions) -> Result<Vec<RunResu
 }
 
 fn variant(params: &Params) -> String {
+    let v = base_variant(params);
+    if params.at_least_once {
+        format!("{v} ALO").trim().to_string()
+    } else {
+        v
+    }
+}
+
+fn base_variant(params: &Params) -> String {
     match params.scenario {
         Scenario::Fanin => format!(
             "P={} S={} T={}",
@@ -166,13 +175,14 @@ async fn run_once(
         plan.connections.len()
     ));
     let subscribers: Vec<SubscriberConn> = stream::iter(plan.connections.iter().enumerate())
-        .map(|(i, specs)| SubscriberConn::open(target, i, specs, &collector))
+        .map(|(i, specs)| SubscriberConn::open(target, i, specs, &collector, params.at_least_once))
         .buffer_unordered(16)
         .try_collect()
         .await?;
     let mut publishers = Vec::new();
     for i in 0..params.publishers {
-        publishers.push(Publisher::connect(target, nonce, i, plan.attrs).await?);
+        publishers
+            .push(Publisher::connect(target, nonce, i, plan.attrs, params.at_least_once).await?);
     }
 
     let server_before = cpu(&opts.server_pids);

@@ -37,8 +37,9 @@ pub struct SuiteConfig {
     pub port_offset: u16,
 }
 
-/// The standard runs: fan-in 4/4/16, fan-out to 100 and 1,000, latency at 10,000/s, 10 /
-/// 1,000 / 10,000 patterns, 10,000 filtered subscribers, and Sift at 1 → 2 → 4 matchers.
+/// The standard runs: fan-in 4/4/16 (at most once, and at least once for Sift and MQTT QoS 1),
+/// fan-out to 100 and 1,000, latency at 10,000/s, 10 / 1,000 / 10,000 patterns, 10,000
+/// filtered subscribers, and Sift at 1 → 2 → 4 matchers.
 pub fn standard_variants(duration: Duration, payload: usize) -> Vec<Params> {
     let with = |scenario, subscribers: Option<usize>| {
         let mut p = Params::new(scenario);
@@ -55,8 +56,11 @@ pub fn standard_variants(duration: Duration, payload: usize) -> Vec<Params> {
         p.payload = payload;
         p
     };
+    let mut alo = with(Scenario::Fanin, None);
+    alo.at_least_once = true;
     vec![
         with(Scenario::Fanin, None),
+        alo,
         with(Scenario::Fanout, Some(100)),
         with(Scenario::Fanout, Some(1_000)),
         with(Scenario::Latency, None),
@@ -228,6 +232,9 @@ fn run_args(params: &Params, kind: TargetKind) -> Vec<String> {
         params.in_flight.to_string(),
         "--quiet".into(),
     ];
+    if params.at_least_once {
+        a.push("--at-least-once".into());
+    }
     if let Some(r) = params.rate {
         a.push("--rate".into());
         a.push(r.to_string());
@@ -277,7 +284,7 @@ pub fn run_suite(config: &SuiteConfig, say: &mut dyn FnMut(&str)) -> Result<Suit
     for rep in 0..config.reps {
         for params in &config.variants {
             for &kind in &targets {
-                if params.scenario == Scenario::Scale && kind != TargetKind::Sift {
+                if !params.runs_on(kind) {
                     continue;
                 }
                 let label = format!(
@@ -328,11 +335,16 @@ pub fn run_suite(config: &SuiteConfig, say: &mut dyn FnMut(&str)) -> Result<Suit
 }
 
 fn short_variant(params: &Params) -> String {
-    match params.scenario {
+    let v = match params.scenario {
         Scenario::Fanout | Scenario::Patterns | Scenario::Filters => {
             format!("S={}", params.subscribers)
         }
         _ => String::new(),
+    };
+    if params.at_least_once {
+        format!("{v} ALO").trim().to_string()
+    } else {
+        v
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sift_client::{Client, ClientConfig, Message};
@@ -169,6 +170,8 @@ pub enum Publisher {
         client: Client,
         /// Whether to attach the `k` attribute.
         attrs: bool,
+        /// At-least-once: acked publishes, up to [`ACKED_IN_FLIGHT`] awaiting their ack.
+        acks: Option<FuturesUnordered<AckFuture>>,
     },
     /// async-nats (it buffers and flushes by itself).
     Nats(async_nats::Client),
@@ -181,27 +184,53 @@ pub enum Publisher {
         /// How many.
         queued: usize,
     },
-    /// rumqttc, QoS 0; its event loop runs on its own task.
+    /// rumqttc, QoS 0 (or 1 for at-least-once); its event loop runs on its own task.
     Mqtt {
         /// The client.
         client: rumqttc::AsyncClient,
         /// The event loop.
         task: JoinHandle<()>,
+        /// QoS of its publishes.
+        qos: rumqttc::QoS,
     },
 }
 
 const REDIS_PIPELINE: usize = 64;
 
+/// Acked publishes a Sift publisher keeps outstanding at once (rumqttc keeps up to 100 QoS 1
+/// publishes in flight by default).
+pub const ACKED_IN_FLIGHT: usize = 64;
+
+/// An acked publish awaiting its ack.
+pub type AckFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), sift_client::ClientError>> + Send>,
+>;
+
+fn qos(at_least_once: bool) -> rumqttc::QoS {
+    if at_least_once {
+        rumqttc::QoS::AtLeastOnce
+    } else {
+        rumqttc::QoS::AtMostOnce
+    }
+}
+
 impl Publisher {
     /// Connects publisher number `id` of run `nonce`; `attrs` makes Sift events carry the
-    /// filter attribute.
-    pub async fn connect(target: &Target, nonce: u64, id: usize, attrs: bool) -> Result<Publisher> {
+    /// filter attribute; `at_least_once` makes publishes acknowledged (Sift) or QoS 1 (MQTT).
+    pub async fn connect(
+        target: &Target,
+        nonce: u64,
+        id: usize,
+        attrs: bool,
+        at_least_once: bool,
+    ) -> Result<Publisher> {
         Ok(match target {
             Target::Sift(config) => Publisher::Sift {
                 client: Client::connect((**config).clone())
                     .await
                     .context("cannot connect to the Sift cluster")?,
                 attrs,
+                acks: at_least_once.then(FuturesUnordered::new),
             },
             Target::Nats(addr) => Publisher::Nats(nats(addr).await?),
             Target::Redis(addr) => {
@@ -227,7 +256,11 @@ impl Publisher {
                         }
                     }
                 });
-                Publisher::Mqtt { client, task }
+                Publisher::Mqtt {
+                    client,
+                    task,
+                    qos: qos(at_least_once),
+                }
             }
         })
     }
@@ -235,12 +268,31 @@ impl Publisher {
     /// Publishes one event (a peer may hold it until [`Publisher::flush`]).
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>, k: i64) -> Result<()> {
         match self {
-            Publisher::Sift { client, attrs } => {
+            Publisher::Sift {
+                client,
+                attrs,
+                acks,
+            } => {
                 let mut m = Message::new(topic).payload(payload);
                 if *attrs {
                     m = m.attr("k", k);
                 }
-                client.publish(m).await?;
+                match acks {
+                    None => {
+                        client.publish(m).await?;
+                    }
+                    Some(acks) => {
+                        if acks.len() >= ACKED_IN_FLIGHT {
+                            if let Some(r) = acks.next().await {
+                                r?;
+                            }
+                        }
+                        let client = client.clone();
+                        acks.push(Box::pin(async move {
+                            client.publish_acked(m).await.map(|_| ())
+                        }));
+                    }
+                }
             }
             Publisher::Nats(c) => c.publish(topic.to_owned(), Bytes::from(payload)).await?,
             Publisher::Redis { pipe, queued, .. } => {
@@ -250,14 +302,9 @@ impl Publisher {
                     self.flush().await?;
                 }
             }
-            Publisher::Mqtt { client, .. } => {
+            Publisher::Mqtt { client, qos, .. } => {
                 client
-                    .publish_bytes(
-                        mqtt_topic(topic),
-                        rumqttc::QoS::AtMostOnce,
-                        false,
-                        Bytes::from(payload),
-                    )
+                    .publish_bytes(mqtt_topic(topic), *qos, false, Bytes::from(payload))
                     .await?
             }
         }
@@ -266,12 +313,20 @@ impl Publisher {
 
     /// Sends whatever the client still holds.
     pub async fn flush(&mut self) -> Result<()> {
-        if let Publisher::Redis { conn, pipe, queued } = self {
-            if *queued > 0 {
+        match self {
+            Publisher::Redis { conn, pipe, queued } if *queued > 0 => {
                 pipe.query_async::<()>(conn).await?;
                 pipe.clear();
                 *queued = 0;
             }
+            Publisher::Sift {
+                acks: Some(acks), ..
+            } => {
+                while let Some(r) = acks.next().await {
+                    r?;
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -285,7 +340,7 @@ impl Publisher {
                 let _ = c.flush().await;
             }
             Publisher::Redis { .. } => {}
-            Publisher::Mqtt { client, task } => {
+            Publisher::Mqtt { client, task, .. } => {
                 let _ = client.disconnect().await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
             }
@@ -397,11 +452,15 @@ enum Closer {
 impl SubscriberConn {
     /// Opens connection number `id` and subscribes `specs`; returns once every subscription is
     /// in place on the server.
+    ///
+    /// With `at_least_once`, Sift subscriptions are acknowledged ones (each notification is
+    /// acked) and MQTT subscriptions are QoS 1.
     pub async fn open(
         target: &Target,
         id: usize,
         specs: &[SubSpec],
         collector: &Arc<Collector>,
+        at_least_once: bool,
     ) -> Result<SubscriberConn> {
         match target {
             Target::Sift(config) => {
@@ -415,6 +474,9 @@ impl SubscriberConn {
                     if let Some(f) = &spec.filter {
                         b = b.filter(f);
                     }
+                    if at_least_once {
+                        b = b.at_least_once();
+                    }
                     b.start()
                 });
                 let subs = futures::future::try_join_all(subscribing)
@@ -427,6 +489,9 @@ impl SubscriberConn {
                         tokio::spawn(async move {
                             while let Some(n) = sub.next().await {
                                 rec.deliver(&n.event.payload, 1);
+                                if n.needs_ack() && n.ack().await.is_err() {
+                                    break;
+                                }
                             }
                         })
                     })
@@ -500,7 +565,7 @@ impl SubscriberConn {
                 wait_mqtt_connected(&mut events, addr).await?;
                 let filters: Vec<rumqttc::SubscribeFilter> = subjects
                     .iter()
-                    .map(|s| rumqttc::SubscribeFilter::new(mqtt_topic(s), rumqttc::QoS::AtMostOnce))
+                    .map(|s| rumqttc::SubscribeFilter::new(mqtt_topic(s), qos(at_least_once)))
                     .collect();
                 let mut acks_needed = 0usize;
                 for chunk in filters.chunks(100) {

@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Closed loop: most notifications in flight.
     #[arg(long)]
     pub in_flight: Option<u64>,
+    /// At-least-once delivery (Sift: acked publishes and acknowledged subscriptions; MQTT:
+    /// QoS 1).
+    #[arg(long)]
+    pub at_least_once: bool,
     /// Scale: matcher counts, e.g. 1,2,4.
     #[arg(long, value_delimiter = ',')]
     pub matchers: Vec<usize>,
@@ -169,6 +173,7 @@ fn run_one(args: RunArgs) -> Result<()> {
     if let Some(v) = args.duration {
         params.duration = v;
     }
+    params.at_least_once = args.at_least_once;
     if !args.matchers.is_empty() {
         params.matchers = args.matchers.clone();
     }
