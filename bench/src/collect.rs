@@ -83,8 +83,8 @@ pub struct Recorder {
 const FLUSH_EVERY: u64 = 4_096;
 
 impl Recorder {
-    /// A payload reached a connection, and `matches` of its subscribers wanted it (1 for a
-    /// server-side match; 0..n under client-side filtering). Returns the payload's stamp when
+    /// A payload reached a subscriber, and `matches` of the subscribers it stands for wanted
+    /// it (1 for a server-side match; 0 or 1 under client-side filtering). Returns the payload's stamp when
     /// it belongs to this run.
     pub fn deliver(&mut self, payload: &[u8], matches: u64) -> Option<Stamp> {
         let now = self.collector.clock.now_ns();
@@ -104,12 +104,13 @@ impl Recorder {
         for _ in 0..matches {
             self.local.record(latency);
         }
+        // The window counts copies on the wire, wanted or not.
+        self.collector.window.release(1);
         if matches > 0 {
             self.collector.last_ns.fetch_max(now, Ordering::Relaxed);
             self.collector
                 .delivered
                 .fetch_add(matches, Ordering::Relaxed);
-            self.collector.window.release(matches);
         }
         self.pending += 1;
         if self.pending >= FLUSH_EVERY {

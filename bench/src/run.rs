@@ -339,14 +339,16 @@ async fn publish_loop(
 ) -> Result<()> {
     let clock = collector.clock();
     let nonce = collector.nonce();
+    let server_filters = publisher.filters_on_server();
     let one = async |publisher: &mut Publisher| -> Result<()> {
         let seq = counters.seq.fetch_add(1, Ordering::Relaxed);
         let n = plan.expected(seq);
-        if rate.is_none() && !collector.window().try_acquire(n) {
+        let copies = plan.copies(seq, server_filters);
+        if rate.is_none() && !collector.window().try_acquire(copies) {
             // Before waiting for deliveries, send what the client may still hold (a Redis
             // pipeline), or the wait would be for events not yet sent.
             publisher.flush().await?;
-            collector.window().acquire(n).await;
+            collector.window().acquire(copies).await;
         }
         let k = Plan::key(seq);
         let stamp = Stamp {

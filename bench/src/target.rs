@@ -3,8 +3,10 @@
 //! MQTT through their own Rust clients (async-nats, redis, rumqttc).
 //!
 //! Peers have no content filters: a subscription with a filter is emulated on the subscriber
-//! side (the connection subscribes to the topic once and evaluates its subscribers' filters on
-//! each message), which is what an application on a peer would have to do.
+//! side — the subscriber subscribes to the topic, receives its own copy of every message and
+//! evaluates its filter on it (with Sift's evaluator), which is what an application on a peer
+//! would have to do. Bytes that reached a subscriber whose filter rejected them are counted as
+//! wasted.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -235,10 +237,12 @@ impl Publisher {
             Target::Nats(addr) => Publisher::Nats(nats(addr).await?),
             Target::Redis(addr) => {
                 let client = redis::Client::open(format!("redis://{addr}/"))?;
-                let conn = client
+                let mut conn = client
                     .get_multiplexed_async_connection()
                     .await
                     .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+                // A PUBLISH to thousands of subscribers can take a while to answer.
+                conn.set_response_timeout(Duration::from_secs(60));
                 Publisher::Redis {
                     conn,
                     pipe: redis::pipe(),
@@ -263,6 +267,12 @@ impl Publisher {
                 }
             }
         })
+    }
+
+    /// Whether the target applies subscription filters itself (Sift); peers' subscribers
+    /// filter on their side.
+    pub fn filters_on_server(&self) -> bool {
+        matches!(self, Publisher::Sift { .. })
     }
 
     /// Publishes one event (a peer may hold it until [`Publisher::flush`]).
@@ -413,7 +423,7 @@ impl LocalFilters {
     }
 }
 
-/// Groups a connection's subscriptions by subject for a peer: each subject is subscribed once
+/// Groups subscriptions by subject for one peer connection: each subject is subscribed once
 /// and its filters are applied locally.
 fn group_for_peer(specs: &[SubSpec]) -> Result<(Vec<String>, LocalFilters)> {
     let mut subjects = Vec::new();
@@ -430,22 +440,44 @@ fn group_for_peer(specs: &[SubSpec]) -> Result<(Vec<String>, LocalFilters)> {
             if is_pattern(&spec.subject) {
                 bail!("client-side filters are emulated on topics, not patterns");
             }
-            filters.push(Filter::parse(f).map_err(|e| anyhow!("bad filter {f:?}: {e}"))?);
+            filters.push(parse_filter(f)?);
         }
     }
     Ok((subjects, local))
 }
 
-/// A subscriber connection with its subscriptions, delivering into a collector until closed.
+fn parse_filter(f: &str) -> Result<Filter> {
+    Filter::parse(f).map_err(|e| anyhow!("bad filter {f:?}: {e}"))
+}
+
+/// Splits subscriptions into layers with no subject twice. Redis and MQTT merge identical
+/// subscriptions on one connection, so each layer is a connection of its own there: every
+/// subscriber keeps its own subscription and receives its own copy, as independent
+/// subscribers would.
+pub fn layers(specs: &[SubSpec]) -> Vec<Vec<SubSpec>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut out: Vec<Vec<SubSpec>> = Vec::new();
+    for spec in specs {
+        let n = seen.entry(spec.subject.as_str()).or_insert(0);
+        if out.len() <= *n {
+            out.push(Vec::new());
+        }
+        out[*n].push(spec.clone());
+        *n += 1;
+    }
+    out
+}
+
+/// A subscriber connection with its subscriptions (for Redis and MQTT, maybe several peer
+/// connections, see [`layers`]), delivering into a collector until closed.
 pub struct SubscriberConn {
     tasks: Vec<JoinHandle<()>>,
-    closer: Closer,
+    closers: Vec<Closer>,
 }
 
 enum Closer {
     Sift(Client),
     Nats(async_nats::Client),
-    None,
     Mqtt(rumqttc::AsyncClient),
 }
 
@@ -498,21 +530,24 @@ impl SubscriberConn {
                     .collect();
                 Ok(SubscriberConn {
                     tasks,
-                    closer: Closer::Sift(client),
+                    closers: vec![Closer::Sift(client)],
                 })
             }
             Target::Nats(addr) => {
-                let (subjects, local) = group_for_peer(specs)?;
+                // NATS gives every subscription its own copy, even on one connection: one
+                // subscription per subscriber, its filter applied to its own copies.
                 let client = nats(addr).await?;
-                let local = Arc::new(local);
                 let mut tasks = Vec::new();
-                for subject in subjects {
-                    let mut sub = client.subscribe(subject).await?;
+                for spec in specs {
+                    let filter = spec.filter.as_deref().map(parse_filter).transpose()?;
+                    let mut sub = client.subscribe(spec.subject.clone()).await?;
                     let mut rec = collector.recorder();
-                    let local = local.clone();
                     tasks.push(tokio::spawn(async move {
                         while let Some(m) = sub.next().await {
-                            let n = local.matches(m.subject.as_str(), &m.payload);
+                            let n = match &filter {
+                                None => 1,
+                                Some(f) => u64::from(f.matches(&attrs_of(&m.payload))),
+                            };
                             rec.deliver(&m.payload, n);
                         }
                     }));
@@ -521,108 +556,146 @@ impl SubscriberConn {
                 client.flush().await?;
                 Ok(SubscriberConn {
                     tasks,
-                    closer: Closer::Nats(client),
+                    closers: vec![Closer::Nats(client)],
                 })
             }
             Target::Redis(addr) => {
-                let (subjects, local) = group_for_peer(specs)?;
-                let client = redis::Client::open(format!("redis://{addr}/"))?;
-                let mut pubsub = client
-                    .get_async_pubsub()
-                    .await
-                    .with_context(|| format!("cannot connect to Redis at {addr}"))?;
-                for subject in subjects {
-                    match redis_pattern(&subject) {
-                        Some(p) => pubsub.psubscribe(p).await?,
-                        None => pubsub.subscribe(subject).await?,
-                    }
-                }
-                let mut stream = pubsub.into_on_message();
-                let mut rec = collector.recorder();
-                let task = tokio::spawn(async move {
-                    while let Some(m) = stream.next().await {
-                        let payload = m.get_payload_bytes();
-                        let n = local.matches(m.get_channel_name(), payload);
-                        rec.deliver(payload, n);
-                    }
-                });
+                let opened = layers(specs)
+                    .into_iter()
+                    .map(|layer| open_redis(addr, layer, collector));
+                let tasks = futures::future::try_join_all(opened).await?;
                 Ok(SubscriberConn {
-                    tasks: vec![task],
-                    closer: Closer::None,
+                    tasks,
+                    closers: vec![],
                 })
             }
             Target::Mqtt(addr) => {
-                let (subjects, local) = group_for_peer(specs)?;
-                let local = LocalFilters {
-                    by_subject: local
-                        .by_subject
-                        .into_iter()
-                        .map(|(s, f)| (mqtt_topic(&s), f))
-                        .collect(),
-                };
-                let (client, mut events) =
-                    mqtt(addr, &format!("sub-{:x}-{id}", collector.nonce()))?;
-                wait_mqtt_connected(&mut events, addr).await?;
-                let filters: Vec<rumqttc::SubscribeFilter> = subjects
-                    .iter()
-                    .map(|s| rumqttc::SubscribeFilter::new(mqtt_topic(s), qos(at_least_once)))
-                    .collect();
-                let mut acks_needed = 0usize;
-                for chunk in filters.chunks(100) {
-                    client.subscribe_many(chunk.to_vec()).await?;
-                    acks_needed += 1;
-                }
-                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                let mut rec = collector.recorder();
-                let task = tokio::spawn(async move {
-                    let mut ready = Some(ready_tx);
-                    let mut acks = 0;
-                    loop {
-                        match events.poll().await {
-                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                                let n = local.matches(&p.topic, &p.payload);
-                                rec.deliver(&p.payload, n);
-                            }
-                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                                acks += 1;
-                                if acks >= acks_needed {
-                                    if let Some(tx) = ready.take() {
-                                        let _ = tx.send(());
-                                    }
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
+                let opened = layers(specs).into_iter().enumerate().map(|(l, layer)| {
+                    let client_id = format!("sub-{:x}-{id}-{l}", collector.nonce());
+                    open_mqtt(addr, client_id, layer, collector, at_least_once)
                 });
-                tokio::time::timeout(Duration::from_secs(30), ready_rx)
-                    .await
-                    .map_err(|_| anyhow!("MQTT subscriptions not acknowledged within 30 s"))?
-                    .map_err(|_| anyhow!("the MQTT connection closed while subscribing"))?;
-                Ok(SubscriberConn {
-                    tasks: vec![task],
-                    closer: Closer::Mqtt(client),
-                })
+                let (tasks, closers) = futures::future::try_join_all(opened)
+                    .await?
+                    .into_iter()
+                    .unzip();
+                Ok(SubscriberConn { tasks, closers })
             }
         }
     }
 
     /// Stops delivering and disconnects; the recorders flush as their tasks end.
     pub async fn close(self) {
-        match self.closer {
-            Closer::Sift(c) => c.close().await,
-            Closer::Nats(c) => drop(c),
-            Closer::Mqtt(c) => {
-                let _ = c.disconnect().await;
+        for closer in self.closers {
+            match closer {
+                Closer::Sift(c) => c.close().await,
+                Closer::Nats(c) => drop(c),
+                Closer::Mqtt(c) => {
+                    let _ = c.disconnect().await;
+                }
             }
-            Closer::None => {}
         }
         for t in self.tasks {
             t.abort();
             let _ = t.await;
         }
     }
+}
+
+/// The attributes a peer's subscriber filters on: `k`, from the payload's stamp.
+fn attrs_of(payload: &[u8]) -> Attributes {
+    let mut attrs = Attributes::new();
+    if let Some(stamp) = Stamp::read(payload) {
+        attrs.insert("k".into(), Value::Int(stamp.k));
+    }
+    attrs
+}
+
+/// One Redis connection subscribed to a layer's subjects.
+async fn open_redis(
+    addr: &str,
+    layer: Vec<SubSpec>,
+    collector: &Arc<Collector>,
+) -> Result<JoinHandle<()>> {
+    let (subjects, local) = group_for_peer(&layer)?;
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+    for subject in subjects {
+        match redis_pattern(&subject) {
+            Some(p) => pubsub.psubscribe(p).await?,
+            None => pubsub.subscribe(subject).await?,
+        }
+    }
+    let mut stream = pubsub.into_on_message();
+    let mut rec = collector.recorder();
+    Ok(tokio::spawn(async move {
+        while let Some(m) = stream.next().await {
+            let payload = m.get_payload_bytes();
+            let n = local.matches(m.get_channel_name(), payload);
+            rec.deliver(payload, n);
+        }
+    }))
+}
+
+/// One MQTT connection subscribed to a layer's subjects; returns once the broker acknowledged
+/// every subscription.
+async fn open_mqtt(
+    addr: &str,
+    client_id: String,
+    layer: Vec<SubSpec>,
+    collector: &Arc<Collector>,
+    at_least_once: bool,
+) -> Result<(JoinHandle<()>, Closer)> {
+    let (subjects, local) = group_for_peer(&layer)?;
+    let local = LocalFilters {
+        by_subject: local
+            .by_subject
+            .into_iter()
+            .map(|(s, f)| (mqtt_topic(&s), f))
+            .collect(),
+    };
+    let (client, mut events) = mqtt(addr, &client_id)?;
+    wait_mqtt_connected(&mut events, addr).await?;
+    let filters: Vec<rumqttc::SubscribeFilter> = subjects
+        .iter()
+        .map(|s| rumqttc::SubscribeFilter::new(mqtt_topic(s), qos(at_least_once)))
+        .collect();
+    let mut acks_needed = 0usize;
+    for chunk in filters.chunks(100) {
+        client.subscribe_many(chunk.to_vec()).await?;
+        acks_needed += 1;
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut rec = collector.recorder();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut acks = 0;
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let n = local.matches(&p.topic, &p.payload);
+                    rec.deliver(&p.payload, n);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    acks += 1;
+                    if acks >= acks_needed {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .map_err(|_| anyhow!("MQTT subscriptions not acknowledged within 30 s"))?
+        .map_err(|_| anyhow!("the MQTT connection closed while subscribing"))?;
+    Ok((task, Closer::Mqtt(client)))
 }
 
 #[cfg(test)]
@@ -638,6 +711,19 @@ mod tests {
         assert_eq!(redis_pattern("orders.eu"), None);
         assert_eq!("mqtt".parse::<TargetKind>().unwrap(), TargetKind::Mqtt);
         assert!("kafka".parse::<TargetKind>().is_err());
+    }
+
+    #[test]
+    fn layers_never_hold_a_subject_twice() {
+        let spec = |s: &str| SubSpec {
+            subject: s.into(),
+            filter: None,
+        };
+        let l = layers(&[spec("a"), spec("b"), spec("a"), spec("a")]);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[0], vec![spec("a"), spec("b")]);
+        assert_eq!(l[1], vec![spec("a")]);
+        assert_eq!(l[2], vec![spec("a")]);
     }
 
     #[test]
