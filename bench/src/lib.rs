@@ -6,7 +6,7 @@
 //! - [`plan`]: the scenarios (fan-in, fan-out, latency, patterns, filters, scale) and what
 //!   each run should deliver;
 //! - [`target`]: the adapters (Sift's SDK, async-nats, redis-rs, rumqttc);
-//! - [`run`]: one run, closed loop at max rate or open loop at a fixed rate, ending in a
+//! - [`mod@run`]: one run, closed loop at max rate or open loop at a fixed rate, ending in a
 //!   [`run::RunResult`] JSON line;
 //! - [`suite`]: starts what it needs on loopback, runs every scenario against every target
 //!   several times, stops what it started, and writes the reports ([`report`]).
