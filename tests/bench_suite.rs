@@ -25,6 +25,8 @@ fn suite(out: &Path, extra: &[&str], salt: u16) -> std::process::Output {
 
 /// Runs a command to completion, killing it past `limit`.
 fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
+    // A process group of its own, so a timeout can stop the suite and what it started.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -38,7 +40,9 @@ fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
     match rx.recv_timeout(limit) {
         Ok(out) => out.unwrap(),
         Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
             panic!("the suite took longer than {limit:?}");
         }
     }

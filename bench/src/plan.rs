@@ -117,7 +117,7 @@ mod secs {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let v = f64::deserialize(d)?;
-        Ok(Duration::from_secs_f64(v.max(0.0)))
+        Duration::try_from_secs_f64(v.max(0.0)).map_err(serde::de::Error::custom)
     }
 }
 

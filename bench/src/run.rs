@@ -98,6 +98,10 @@ pub async fn run_scale(params: &Params, opts: &RunOptions) -> Result<Vec<RunResu
     } else {
         opts.scale_port
     };
+    let most = params.matchers.iter().copied().max().unwrap_or(0);
+    if usize::from(port) + most > usize::from(u16::MAX) {
+        anyhow::bail!("--scale-port {port} leaves no room for {most} matchers below 65536");
+    }
     let mut out = Vec::new();
     for &n in &params.matchers {
         let dir = work.join(format!("scale-{n}"));

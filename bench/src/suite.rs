@@ -256,6 +256,13 @@ fn run_args(params: &Params, kind: TargetKind) -> Vec<String> {
 /// Runs the suite. Servers are stopped whatever happens to a run; a failed run is recorded
 /// and the suite goes on.
 pub fn run_suite(config: &SuiteConfig, say: &mut dyn FnMut(&str)) -> Result<SuiteOutcome> {
+    if u32::from(SCALE_PORT) + u32::from(config.port_offset) + 64 > u32::from(u16::MAX) {
+        bail!(
+            "--port-offset {} puts the suite's ports past 65535 (at most {})",
+            config.port_offset,
+            u16::MAX - SCALE_PORT - 64
+        );
+    }
     std::fs::create_dir_all(config.out.join("logs"))
         .with_context(|| format!("cannot create {}", config.out.display()))?;
     let mut outcome = SuiteOutcome::default();
@@ -387,12 +394,17 @@ fn one_run(
         short_variant(params).replace('=', "")
     ));
     let stderr = std::fs::File::create(&log_path)?;
-    let mut child = cmd
+    // Its own process group: the clusters a scale run starts are its children, and killing
+    // the group takes them too.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
         .context("cannot start `sift bench run`")?;
+    let mut child = GroupGuard(child);
+    let child = &mut child.0;
     let pid = child.id();
     writeln!(log.file, "{pid} sift bench run")?;
     let limit = params.duration * (params.matchers.len().max(1) as u32) + Duration::from_secs(180);
@@ -408,8 +420,6 @@ fn one_run(
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             bail!("the run took longer than {limit:?} and was stopped");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -437,6 +447,24 @@ fn one_run(
         bail!("the run printed no result");
     }
     Ok(results)
+}
+
+/// A child in a process group of its own; dropping it kills the group (unless the child
+/// already exited) and reaps the child.
+struct GroupGuard(std::process::Child);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let group = format!("-{}", self.0.id());
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }
 
 /// The out directory's files.

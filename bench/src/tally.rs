@@ -107,7 +107,8 @@ pub struct Published {
     pub expected_deliveries: u64,
     /// How long publishing ran.
     pub publish_secs: f64,
-    /// From the first publish to the end of the drain: the window deliveries are counted in.
+    /// From the first publish to the last delivery (at least the publishing time): the window
+    /// deliveries are counted in.
     pub receive_secs: f64,
 }
 

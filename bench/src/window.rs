@@ -65,12 +65,14 @@ impl Window {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Announce the wait before looking, so a release between the look and the wait
+            // still notifies (the notification is captured: `notified` is enabled).
+            self.waiting.store(true, Ordering::SeqCst);
             let in_flight = self.in_flight();
             if in_flight == 0 || in_flight + n <= self.max {
                 self.issued.fetch_add(n, Ordering::AcqRel);
                 return;
             }
-            self.waiting.store(true, Ordering::Release);
             if tokio::time::timeout(self.stall, notified).await.is_err() {
                 // Whatever is still in flight after a stall is taken as lost.
                 self.stalls.fetch_add(1, Ordering::Relaxed);
@@ -82,9 +84,16 @@ impl Window {
 
     /// `n` notifications arrived.
     pub fn release(&self, n: u64) {
-        self.done.fetch_add(n, Ordering::AcqRel);
-        if self.waiting.load(Ordering::Acquire) && self.in_flight() <= self.max / 2 {
-            self.waiting.store(false, Ordering::Release);
+        // Never past what was issued: late arrivals of a flight written off by a stall must
+        // not widen the window for good.
+        let issued = self.issued.load(Ordering::Acquire);
+        let _ = self
+            .done
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                Some((d + n).min(issued.max(d)))
+            });
+        if self.waiting.load(Ordering::SeqCst) && self.in_flight() <= self.max / 2 {
+            self.waiting.store(false, Ordering::SeqCst);
             self.notify.notify_waiters();
         }
     }
@@ -127,6 +136,19 @@ mod tests {
         w.acquire(4).await; // waits out the stall, then goes on
         assert_eq!(w.stalls(), 1);
         assert_eq!(w.in_flight(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_arrivals_after_a_stall_do_not_widen_the_window() {
+        let w = Window::new(4, Duration::from_millis(100));
+        w.acquire(4).await;
+        w.acquire(4).await; // stalls: the first 4 are written off
+        assert_eq!(w.stalls(), 1);
+        w.release(4); // the written-off ones arrive late
+        w.release(4); // and the second flight
+        assert_eq!(w.in_flight(), 0);
+        assert!(w.try_acquire(4));
+        assert!(!w.try_acquire(1), "the window is still 4 wide");
     }
 
     #[tokio::test(start_paused = true)]
