@@ -337,6 +337,23 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e:?}")
 }
 
+/// The chart type both plots draw on.
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws the series labels of `chart`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)
+}
+
 /// Bars per target (one series per entry of `series`, side by side) with min–max whiskers.
 pub fn bar_chart(caption: &str, series: &[(&str, &[(String, Spread)])]) -> Result<String> {
     let mut svg = String::new();
@@ -402,12 +419,7 @@ pub fn bar_chart(caption: &str, series: &[(&str, &[(String, Spread)])]) -> Resul
                 .map_err(plot_err)?;
         }
         if series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(plot_err)?;
+            legend(&mut chart)?;
         }
         root.present().map_err(plot_err)?;
     }
@@ -471,12 +483,7 @@ pub fn curve(
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
                 .map_err(plot_err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut chart)?;
         root.present().map_err(plot_err)?;
     }
     Ok(svg)

@@ -128,7 +128,8 @@ pub async fn run_scale(params: &Params, opts: &RunOptions) -> Result<Vec<RunResu
     Ok(out)
 }
 
-fn variant(params: &Params) -> String {
+/// A run's variant in a few words (`S=100`, `10000/s`, `P=4 S=4 T=16 ALO`).
+pub fn variant(params: &Params) -> String {
     let v = base_variant(params);
     if params.at_least_once {
         format!("{v} ALO").trim().to_string()
@@ -251,10 +252,7 @@ async fn run_once(
     // Drain: wait for what is in flight, a bounded time.
     progress.note("draining");
     let expected = counters.expected.load(Ordering::Relaxed);
-    let drain_until = Instant::now() + Duration::from_secs(5);
-    while collector.delivered() < expected && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), collector.window().drained()).await;
     let server_after = cpu(&opts.server_pids);
     let node_after = per_node.map(cpu);
     let gen_after = proc_stats(std::process::id());

@@ -299,7 +299,7 @@ pub fn run_suite(config: &SuiteConfig, say: &mut dyn FnMut(&str)) -> Result<Suit
                     rep + 1,
                     config.reps,
                     params.scenario,
-                    short_variant(params)
+                    crate::run::variant(params)
                 );
                 say(&format!(
                     "{label} ({:.0}s in)",
@@ -325,7 +325,7 @@ pub fn run_suite(config: &SuiteConfig, say: &mut dyn FnMut(&str)) -> Result<Suit
                         let f = Failure {
                             scenario: params.scenario,
                             target: kind,
-                            variant: short_variant(params),
+                            variant: crate::run::variant(params),
                             rep,
                             error: format!("{e:#}"),
                         };
@@ -339,20 +339,6 @@ pub fn run_suite(config: &SuiteConfig, say: &mut dyn FnMut(&str)) -> Result<Suit
     }
     crate::report::write_reports(&config.out)?;
     Ok(outcome)
-}
-
-fn short_variant(params: &Params) -> String {
-    let v = match params.scenario {
-        Scenario::Fanout | Scenario::Patterns | Scenario::Filters => {
-            format!("S={}", params.subscribers)
-        }
-        _ => String::new(),
-    };
-    if params.at_least_once {
-        format!("{v} ALO").trim().to_string()
-    } else {
-        v
-    }
 }
 
 fn one_run(
@@ -391,7 +377,10 @@ fn one_run(
     let log_path = config.out.join("logs").join(format!(
         "run-{}-{kind}-{}-{rep}.log",
         params.scenario,
-        short_variant(params).replace('=', "")
+        crate::run::variant(params)
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
     ));
     let stderr = std::fs::File::create(&log_path)?;
     // Its own process group: the clusters a scale run starts are its children, and killing

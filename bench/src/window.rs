@@ -82,6 +82,20 @@ impl Window {
         }
     }
 
+    /// Returns once nothing is in flight (every copy arrived, or was written off by a stall).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// `n` notifications arrived.
     pub fn release(&self, n: u64) {
         // Never past what was issued: late arrivals of a flight written off by a stall must
@@ -149,6 +163,21 @@ mod tests {
         assert_eq!(w.in_flight(), 0);
         assert!(w.try_acquire(4));
         assert!(!w.try_acquire(1), "the window is still 4 wide");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_returns_when_the_last_copy_arrives() {
+        let w = Arc::new(Window::new(10, Duration::from_secs(5)));
+        w.acquire(3).await;
+        let w2 = w.clone();
+        let drain = tokio::spawn(async move { w2.drained().await });
+        tokio::task::yield_now().await;
+        w.release(2);
+        tokio::task::yield_now().await;
+        assert!(!drain.is_finished());
+        w.release(1);
+        drain.await.unwrap();
+        assert_eq!(w.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
