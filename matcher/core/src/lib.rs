@@ -19,6 +19,7 @@
 mod attrs;
 pub mod delivery;
 mod engine;
+pub mod gossip;
 mod groups;
 mod index;
 mod keys;
