@@ -21,6 +21,7 @@ pub mod procs;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod sim;
 pub mod stamp;
 pub mod suite;
 pub mod tally;

@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// Every scenario against every available target, several times, with the servers
     /// started here; writes results.jsonl, report.md and report.html.
     Suite(SuiteArgs),
+    /// Simulates dissemination strategies on thousands of virtual nodes (the gossip nodes'
+    /// own state machines); `--reproduce` checks them against published results.
+    Sim(Box<super::sim::SimArgs>),
     /// Writes report.md and report.html again from DIR/results.jsonl.
     Report {
         /// The suite's output directory.
@@ -129,6 +132,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Run(args) => run_one(*args),
         BenchCommand::Suite(args) => suite(args),
+        BenchCommand::Sim(args) => super::sim::run(*args),
         BenchCommand::Report { out: dir } => {
             sift_bench::report::write_reports(&dir)?;
             out(&format!(

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod filter;
 pub mod pubsub;
 pub mod serve;
+pub mod sim;
 
 use std::io::Write;
 

@@ -93,10 +93,12 @@ pub enum Message<P> {
         /// Whether the sender wants to hear which of them were already known.
         feedback: bool,
     },
-    /// The pushed updates the receiver already knew.
+    /// Answers a push: which of its updates the receiver already knew, and which were news.
     Feedback {
-        /// Their ids.
+        /// Already known (before the current instant).
         known: Vec<UpdateId>,
+        /// News to the receiver.
+        news: Vec<UpdateId>,
     },
     /// Opens an anti-entropy exchange with the initiator's summary.
     Digest {
@@ -141,7 +143,7 @@ impl<P: WireSize> Message<P> {
         };
         4 + match self {
             Message::Push { updates: u, .. } => updates(u) + 2,
-            Message::Feedback { known } => known.len() * 28 + 5,
+            Message::Feedback { known, news } => (known.len() + news.len()) * 28 + 6,
             Message::Digest { summary, .. } => summary.len() * HAVE + 6,
             Message::Deltas {
                 updates: u,
@@ -480,24 +482,26 @@ impl<P: Clone + WireSize> Gossip<P> {
         match msg {
             Message::Push { updates, feedback } => {
                 let mut known = Vec::new();
+                let mut news = Vec::new();
                 let mut fresh = Vec::new();
                 for update in updates {
                     match self.store.apply(&update, now) {
                         Applied::New => {
                             self.stored(&update, now);
+                            news.push(update.id());
                             fresh.push(update);
                         }
                         Applied::Known { before_now: true } => known.push(update.id()),
-                        Applied::Known { before_now: false } => {}
+                        Applied::Known { before_now: false } => news.push(update.id()),
                     }
                 }
                 if feedback {
-                    self.send(out, from, Message::Feedback { known }, false);
+                    self.send(out, from, Message::Feedback { known, news }, false);
                 }
                 self.spread(&fresh, from, peers, out);
                 out.learned.extend(fresh);
             }
-            Message::Feedback { known } => self.feedback(&known),
+            Message::Feedback { known, news } => self.feedback(&known, &news),
             Message::Digest { mode, mut summary } => {
                 summary.sort_unstable_by_key(|h| h.origin);
                 match mode {
@@ -669,9 +673,15 @@ impl<P: Clone + WireSize> Gossip<P> {
         }
     }
 
-    fn feedback(&mut self, known: &[UpdateId]) {
+    fn feedback(&mut self, known: &[UpdateId], news: &[UpdateId]) {
         if let Some(Push::Rumor { k, loss, .. }) = self.config.strategy.push {
             self.lose_interest(known, k, loss);
+            // The counter counts consecutive unnecessary contacts: a useful one resets it.
+            for h in &mut self.hot {
+                if news.contains(&h.id) {
+                    h.count = 0;
+                }
+            }
         }
     }
 

@@ -196,11 +196,11 @@ fn feedback_counter_k1_stops_after_one_unnecessary_contact() {
     let mut back = Effects::default();
     b.on_message(0, push, 1, &[0u64][..], &mut back);
     assert_eq!(back.learned.len(), 1);
-    let Message::Feedback { known } = back.sends.remove(0).msg else {
+    let Message::Feedback { known, news } = back.sends.remove(0).msg else {
         panic!("feedback expected")
     };
     assert!(known.is_empty());
-    a.on_message(1, Message::Feedback { known }, 1, &peers, &mut out);
+    a.on_message(1, Message::Feedback { known, news }, 1, &peers, &mut out);
     assert!(a.is_active());
     // Second contact: b knew since before now → a loses interest.
     out.clear();
@@ -208,11 +208,11 @@ fn feedback_counter_k1_stops_after_one_unnecessary_contact() {
     let push = out.sends.pop().expect("push").msg;
     let mut back = Effects::default();
     b.on_message(0, push, 2, &[0u64][..], &mut back);
-    let Message::Feedback { known } = back.sends.remove(0).msg else {
+    let Message::Feedback { known, news } = back.sends.remove(0).msg else {
         panic!("feedback expected")
     };
     assert_eq!(known, vec![u.id()]);
-    a.on_message(1, Message::Feedback { known }, 2, &peers, &mut out);
+    a.on_message(1, Message::Feedback { known, news }, 2, &peers, &mut out);
     assert!(!a.is_active());
 }
 
@@ -236,7 +236,7 @@ fn learned_in_the_same_instant_is_still_news_for_feedback() {
         .sends
         .iter()
         .filter_map(|s| {
-            if let Message::Feedback { known } = &s.msg {
+            if let Message::Feedback { known, .. } = &s.msg {
                 Some(known.len())
             } else {
                 None
@@ -250,7 +250,7 @@ fn learned_in_the_same_instant_is_still_news_for_feedback() {
     );
     out.clear();
     b.on_message(2, push(), 6, &[0u64, 2][..], &mut out);
-    assert!(matches!(&out.sends[0].msg, Message::Feedback { known } if known.len() == 1));
+    assert!(matches!(&out.sends[0].msg, Message::Feedback { known, .. } if known.len() == 1));
 }
 
 #[test]
