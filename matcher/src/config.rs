@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sift_matcher_core::gossip::Strategy;
 use sift_protocol::Limits;
 
 /// What to do when a subscriber's queue is full.
@@ -63,6 +64,46 @@ pub struct MatcherConfig {
     pub dedup_ids_max: usize,
     /// When set, clients must send this token in `Hello` before anything else.
     pub token: Option<String>,
+    /// Gossip mode (no coordinator): set to run as a gossip node. `coordinator` must then be
+    /// `None`.
+    pub gossip: Option<GossipConfig>,
+}
+
+/// Settings of a gossip node (coordinator-free mode).
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Nodes to join through (`host:port` of their QUIC listeners); empty for the first node.
+    pub seeds: Vec<SocketAddr>,
+    /// How subscription updates spread. Default `rumor:2+anti-entropy:push-pull`.
+    pub strategy: Strategy,
+    /// The dissemination tick (a rumor push, an anti-entropy exchange). Default 100 ms.
+    pub period: Duration,
+    /// Anti-entropy every this many ticks. Default 1.
+    pub anti_entropy_every: u32,
+    /// The TLS name peers' certificates are checked against. Default `localhost`.
+    pub server_name: String,
+    /// The token peers require, if they do (normally the same as `token`).
+    pub peer_token: Option<String>,
+    /// How long a subscription copied from another node outlives the deadline its home node
+    /// announced, to absorb gossip delay and clock skew. Default 2 s.
+    pub lease_grace: Duration,
+    /// SWIM probe period. Default 500 ms.
+    pub probe_period: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> GossipConfig {
+        GossipConfig {
+            seeds: Vec::new(),
+            strategy: Strategy::rumor_anti_entropy(2),
+            period: Duration::from_millis(100),
+            anti_entropy_every: 1,
+            server_name: "localhost".into(),
+            peer_token: None,
+            lease_grace: Duration::from_secs(2),
+            probe_period: Duration::from_millis(500),
+        }
+    }
 }
 
 impl Default for MatcherConfig {
@@ -87,6 +128,7 @@ impl Default for MatcherConfig {
             dedup_window: Duration::from_secs(60),
             dedup_ids_max: 1_000_000,
             token: None,
+            gossip: None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) next_conn: AtomicU64,
+    /// Gossip mode: the mesh task, for membership packets.
+    pub(crate) mesh: Option<mpsc::Sender<crate::mesh::MeshCmd>>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
@@ -260,6 +262,45 @@ impl RequestStream {
                     })
                 })
             }
+            Frame::Swim { data } => {
+                let Some(mesh) = &self.shared.mesh else {
+                    return Some(now(not_gossip()));
+                };
+                // Membership tolerates loss: never wait on a busy mesh.
+                let _ = mesh.try_send(crate::mesh::MeshCmd::Swim(data));
+                return None;
+            }
+            Frame::Gossip { from, data } => {
+                if self.shared.mesh.is_none() {
+                    return Some(now(not_gossip()));
+                }
+                let msg = match rmp_serde::from_slice(&data) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        return Some(now(error(
+                            None,
+                            ErrorCode::Malformed,
+                            format!("undecodable gossip message: {e}"),
+                        )))
+                    }
+                };
+                let _ = self.shared.core.send(Input::Gossip { from, msg }).await;
+                return None;
+            }
+            Frame::Forward { subs, event } => {
+                if self.shared.mesh.is_none() {
+                    return Some(now(not_gossip()));
+                }
+                if let Err(e) = event.validate(&self.shared.config.limits) {
+                    return Some(now(error(None, ErrorCode::InvalidEvent, e.to_string())));
+                }
+                let _ = self
+                    .shared
+                    .core
+                    .send(Input::Forwarded { subs, event })
+                    .await;
+                return None;
+            }
             other => now(error(
                 None,
                 ErrorCode::Malformed,
@@ -333,6 +374,14 @@ async fn write_answers(mut w: FrameWriter, mut rx: mpsc::Receiver<Answer>) {
         }
     }
     let _ = w.finish().await;
+}
+
+fn not_gossip() -> Frame {
+    error(
+        None,
+        ErrorCode::Malformed,
+        "this matcher is not a gossip node",
+    )
 }
 
 fn name(f: &Frame) -> String {

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use hashbrown::{HashMap, HashSet};
 use sift_matcher_core::delivery::{AckWindow, DedupWindow};
+use sift_matcher_core::gossip::{self, Effects, Gossip, Message, NodeId, Update};
 use sift_matcher_core::{Engine, EngineConfig, Match, NewSubscription, SetFilterError, Timestamp};
 use sift_protocol::codec::EncodedEvent;
-use sift_protocol::frame::{EndReason, ErrorCode, ErrorFrame, Ring, RingMember};
+use sift_protocol::frame::{EndReason, ErrorCode, ErrorFrame, Frame, Ring, RingMember};
 use sift_protocol::ring::Placement;
 use sift_protocol::{DeliveryMode, Event, EventId, Filter, Pattern, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot};
@@ -18,8 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{MatcherConfig, SlowConsumer};
+use crate::config::{GossipConfig, MatcherConfig, SlowConsumer};
+use crate::mesh::MeshCmd;
 use crate::queue::{DeliveryQueue, Item, Pushed};
+use crate::replica::{unix_ms, SubRecord};
 
 /// A client connection, as the core knows it.
 pub(crate) type ConnId = u64;
@@ -95,6 +98,18 @@ pub(crate) enum Input {
     Stats {
         reply: oneshot::Sender<MatcherStats>,
     },
+    /// A dissemination message from another gossip node.
+    Gossip {
+        from: NodeId,
+        msg: Message<SubRecord>,
+    },
+    /// An event another gossip node matched against subscriptions held here.
+    Forwarded {
+        subs: Vec<SubscriptionId>,
+        event: Event,
+    },
+    /// The gossip nodes currently alive (this one excluded).
+    Members(Vec<NodeId>),
 }
 
 struct Alo {
@@ -129,8 +144,42 @@ pub struct MatcherStats {
     pub redelivered: u64,
     /// Subscriptions ended because their consumer was too slow.
     pub slow_consumers: u64,
-    /// Live subscriptions.
+    /// Live subscriptions of this node's clients.
     pub subscriptions: usize,
+    /// Gossip mode: subscriptions of other nodes' clients held here for matching.
+    pub remote_subscriptions: usize,
+    /// Gossip mode: other nodes alive, as membership sees them.
+    pub members: usize,
+    /// Gossip mode: dissemination messages sent.
+    pub gossip_sent: u64,
+    /// Gossip mode: events forwarded to other nodes (once per node with matching
+    /// subscribers).
+    pub forwarded: u64,
+    /// Gossip mode: messages to peers dropped because the link's queue was full.
+    pub peer_dropped: u64,
+}
+
+/// What the core needs to run as a gossip node.
+pub(crate) struct GossipSetup {
+    pub(crate) id: NodeId,
+    pub(crate) config: GossipConfig,
+    pub(crate) mesh: mpsc::Sender<MeshCmd>,
+}
+
+/// A gossip node's replication state.
+struct Replication {
+    id: NodeId,
+    machine: Gossip<SubRecord>,
+    peers: Vec<NodeId>,
+    /// Subscriptions of other nodes held in the engine: their home node and version.
+    remote: HashMap<SubscriptionId, (NodeId, u64)>,
+    /// This node's subscriptions as announced (to announce renewals and new filters).
+    local: HashMap<SubscriptionId, SubRecord>,
+    mesh: mpsc::Sender<MeshCmd>,
+    period: Duration,
+    next_tick: Instant,
+    grace_ms: u64,
+    effects: Effects<SubRecord>,
 }
 
 pub(crate) struct Core {
@@ -150,13 +199,20 @@ pub(crate) struct Core {
     alo_pending: HashSet<SubscriptionId>,
     /// When the next redelivery scan is due (while `alo_pending` is not empty).
     redeliver_at: Option<Instant>,
+    /// Gossip mode.
+    gossip: Option<Box<Replication>>,
 }
 
 /// How often at-least-once windows are checked for overdue acks.
 const REDELIVERY_SCAN: Duration = Duration::from_millis(50);
 
 impl Core {
-    pub(crate) fn new(me: RingMember, config: MatcherConfig, ring: Ring) -> Core {
+    pub(crate) fn new(
+        me: RingMember,
+        config: MatcherConfig,
+        ring: Ring,
+        gossip: Option<GossipSetup>,
+    ) -> Core {
         let dedup = DedupWindow::new(config.dedup_window.as_millis() as u64, config.dedup_ids_max);
         let engine = Engine::new(EngineConfig {
             subscriptions_max: config.subscriptions_max,
@@ -176,6 +232,27 @@ impl Core {
             expired: Vec::new(),
             alo_pending: HashSet::new(),
             redeliver_at: None,
+            gossip: gossip.map(|setup| {
+                let mut machine_config =
+                    gossip::Config::new(setup.config.strategy, setup.id ^ unix_ms());
+                machine_config.anti_entropy_every = setup.config.anti_entropy_every.max(1);
+                // A tombstone outlives the longest lease, so an older copy offered after
+                // it is collected has lapsed by itself.
+                machine_config.tombstone_ttl = sift_protocol::limits::LEASE_MAX_MS
+                    + setup.config.lease_grace.as_millis() as u64;
+                Box::new(Replication {
+                    id: setup.id,
+                    machine: Gossip::new(setup.id, machine_config),
+                    peers: Vec::new(),
+                    remote: HashMap::new(),
+                    local: HashMap::new(),
+                    mesh: setup.mesh,
+                    period: setup.config.period,
+                    next_tick: Instant::now() + setup.config.period,
+                    grace_ms: setup.config.lease_grace.as_millis() as u64,
+                    effects: Effects::default(),
+                })
+            }),
         }
     }
 
@@ -235,6 +312,7 @@ impl Core {
         engine
             .into_iter()
             .chain(self.redeliver_at)
+            .chain(self.gossip.as_ref().map(|g| g.next_tick))
             .min()
             .unwrap_or(far)
     }
@@ -244,9 +322,20 @@ impl Core {
         let mut expired = std::mem::take(&mut self.expired);
         self.engine.expire(now, &mut expired);
         for id in expired.drain(..) {
-            self.forget(id, EndReason::Expired);
+            if self.subs.contains_key(&id) {
+                self.forget(id, EndReason::Expired);
+            } else {
+                self.drop_remote(id);
+            }
         }
         self.expired = expired;
+        if let Some(g) = self.gossip.as_deref_mut() {
+            if g.next_tick <= Instant::now() {
+                g.machine.tick(now.0, &g.peers, &mut g.effects);
+                g.next_tick = Instant::now() + g.period;
+                self.gossip_flush();
+            }
+        }
         if self.redeliver_at.is_some_and(|at| at <= Instant::now()) {
             self.redeliver(now);
             self.redeliver_at =
@@ -291,6 +380,7 @@ impl Core {
             if let Some(set) = self.conns.get_mut(&sub.conn) {
                 set.remove(&id);
             }
+            self.originate(id, None);
         }
     }
 
@@ -315,6 +405,9 @@ impl Core {
                         .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
                     Ok(deadline.0.saturating_sub(now.0))
                 });
+                if let Ok(remaining) = result {
+                    self.reannounce(id, |r| r.deadline_unix_ms = unix_ms() + remaining);
+                }
                 let _ = reply.send(result);
             }
             Input::SetFilter {
@@ -328,6 +421,9 @@ impl Core {
                         .set_filter(id, &filter)
                         .map_err(|e: SetFilterError| Refusal::new(e.code(), e.to_string()))
                 });
+                if result.is_ok() {
+                    self.reannounce(id, |r| r.filter = filter.to_string());
+                }
                 let _ = reply.send(result);
             }
             Input::Publish {
@@ -351,7 +447,26 @@ impl Core {
             Input::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.subscriptions = self.subs.len();
+                if let Some(g) = &self.gossip {
+                    stats.remote_subscriptions = g.remote.len();
+                    stats.members = g.peers.len();
+                }
                 let _ = reply.send(stats);
+            }
+            Input::Gossip { from, msg } => {
+                let now = self.now();
+                if let Some(g) = self.gossip.as_deref_mut() {
+                    g.machine
+                        .on_message(from, msg, now.0, &g.peers, &mut g.effects);
+                    self.gossip_flush();
+                }
+            }
+            Input::Forwarded { subs, event } => self.forwarded(&subs, &event),
+            Input::Members(peers) => {
+                if let Some(g) = self.gossip.as_deref_mut() {
+                    info!(members = peers.len(), "gossip membership changed");
+                    g.peers = peers;
+                }
             }
             Input::RingNow { reply } => {
                 let ring = Ring {
@@ -410,10 +525,28 @@ impl Core {
         }
         let (id, mode) = (sub.id, sub.mode);
         let now = self.now();
+        let record = self.gossip.as_ref().map(|_| SubRecord {
+            pattern: sub.pattern.as_str().to_owned(),
+            filter: sub.filter.to_string(),
+            group: sub.group.clone(),
+            mode,
+            deadline_unix_ms: 0,
+        });
+        if let Some(g) = self.gossip.as_deref_mut() {
+            // Another node's copy with the same id (the client moved here): the local one
+            // replaces it.
+            if g.remote.remove(&id).is_some() {
+                let _ = self.engine.unsubscribe(id);
+            }
+        }
         self.engine
             .subscribe(now, sub)
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         let deadline = self.engine.get(id).map_or(now, |i| i.deadline);
+        if let Some(mut record) = record {
+            record.deadline_unix_ms = unix_ms() + deadline.0.saturating_sub(now.0);
+            self.originate(id, Some(record));
+        }
         let queue = DeliveryQueue::new(self.config.queue_len_max, self.config.queue_bytes_max);
         let alo = (mode == DeliveryMode::AtLeastOnce).then(|| Alo {
             window: AckWindow::new(
@@ -457,12 +590,170 @@ impl Core {
                 Refusal::new(ErrorCode::Internal, format!("cannot encode the event: {e}"))
             })?;
             let encoded = Arc::new(encoded);
+            let mut forwards: Vec<(NodeId, Vec<SubscriptionId>)> = Vec::new();
             for m in &matches {
-                self.deliver(now, m.id, &encoded);
+                if self.subs.contains_key(&m.id) {
+                    self.deliver(now, m.id, &encoded);
+                } else if let Some(&(home, _)) =
+                    self.gossip.as_ref().and_then(|g| g.remote.get(&m.id))
+                {
+                    match forwards.iter_mut().find(|(n, _)| *n == home) {
+                        Some((_, subs)) => subs.push(m.id),
+                        None => forwards.push((home, vec![m.id])),
+                    }
+                }
+            }
+            if let Some(g) = self.gossip.as_deref() {
+                for (to, subs) in forwards {
+                    let frame = Frame::Forward {
+                        subs,
+                        event: event.clone(),
+                    };
+                    if g.mesh.try_send(MeshCmd::Send { to, frame }).is_ok() {
+                        self.stats.forwarded += 1;
+                    } else {
+                        self.stats.peer_dropped += 1;
+                    }
+                }
             }
         }
         self.matches = matches;
         Ok(())
+    }
+
+    /// An event matched at another gossip node for subscriptions held here.
+    fn forwarded(&mut self, subs: &[SubscriptionId], event: &Event) {
+        let now = self.now();
+        if !subs.iter().any(|id| self.subs.contains_key(id)) {
+            return;
+        }
+        let encoded = match EncodedEvent::new(event) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                warn!(error = %e, "cannot encode a forwarded event");
+                return;
+            }
+        };
+        self.stats.published += 1;
+        for &id in subs {
+            self.deliver(now, id, &encoded);
+        }
+    }
+
+    /// Gossip mode: announces a change of this node's subscription `id` (`None`: gone).
+    fn originate(&mut self, id: SubscriptionId, body: Option<SubRecord>) {
+        let now = self.now();
+        let Some(g) = self.gossip.as_deref_mut() else {
+            return;
+        };
+        match &body {
+            Some(record) => {
+                g.local.insert(id, record.clone());
+            }
+            None => {
+                if g.local.remove(&id).is_none() {
+                    return;
+                }
+            }
+        }
+        g.machine
+            .originate(id.0, body, now.0, &g.peers, &mut g.effects);
+        self.gossip_flush();
+    }
+
+    /// Gossip mode: announces a new version of local subscription `id`.
+    fn reannounce(&mut self, id: SubscriptionId, change: impl FnOnce(&mut SubRecord)) {
+        let Some(mut record) = self.gossip.as_ref().and_then(|g| g.local.get(&id).cloned()) else {
+            return;
+        };
+        change(&mut record);
+        self.originate(id, Some(record));
+    }
+
+    /// Sends what the gossip state machine produced and applies what it learned.
+    fn gossip_flush(&mut self) {
+        let Some(g) = self.gossip.as_deref_mut() else {
+            return;
+        };
+        let mut effects = std::mem::take(&mut g.effects);
+        for send in effects.sends.drain(..) {
+            let data = match rmp_serde::to_vec(&send.msg) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "cannot encode a gossip message");
+                    continue;
+                }
+            };
+            let frame = Frame::Gossip {
+                from: g.id,
+                data: data.into(),
+            };
+            if g.mesh
+                .try_send(MeshCmd::Send { to: send.to, frame })
+                .is_ok()
+            {
+                self.stats.gossip_sent += 1;
+            } else {
+                self.stats.peer_dropped += 1;
+            }
+        }
+        let learned: Vec<Update<SubRecord>> = effects.learned.drain(..).collect();
+        g.effects = effects;
+        for update in learned {
+            self.apply_remote(update);
+        }
+    }
+
+    /// Gossip mode: another node's subscription changed.
+    fn apply_remote(&mut self, update: Update<SubRecord>) {
+        let id = SubscriptionId(update.key);
+        if self.subs.contains_key(&id) {
+            // Held here for a local client: that one wins.
+            return;
+        }
+        let now = self.now();
+        let Some(g) = self.gossip.as_deref_mut() else {
+            return;
+        };
+        if let Some(&(home, _)) = g.remote.get(&id) {
+            if home != update.origin && update.body.is_none() {
+                return;
+            }
+            g.remote.remove(&id);
+            let _ = self.engine.unsubscribe(id);
+        }
+        let Some(record) = update.body else {
+            return;
+        };
+        let remaining = (record.deadline_unix_ms + g.grace_ms).saturating_sub(unix_ms());
+        if remaining == 0 {
+            g.machine.retire(update.origin, update.key, update.version);
+            return;
+        }
+        let sub = match record.to_subscription(id, remaining) {
+            Ok(sub) => sub,
+            Err(e) => {
+                warn!(sub = %id, node = update.origin, error = %e, "ignoring a replicated subscription");
+                return;
+            }
+        };
+        match self.engine.subscribe(now, sub) {
+            Ok(()) => {
+                g.remote.insert(id, (update.origin, update.version));
+            }
+            Err(e) => {
+                warn!(sub = %id, node = update.origin, error = %e, "cannot hold a replicated subscription");
+            }
+        }
+    }
+
+    /// Gossip mode: another node's subscription lapsed here.
+    fn drop_remote(&mut self, id: SubscriptionId) {
+        if let Some(g) = self.gossip.as_deref_mut() {
+            if let Some((home, version)) = g.remote.remove(&id) {
+                g.machine.retire(home, id.0, version);
+            }
+        }
     }
 
     fn deliver(&mut self, now: Timestamp, id: SubscriptionId, event: &Arc<EncodedEvent>) {

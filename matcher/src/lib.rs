@@ -11,8 +11,10 @@ mod config;
 mod conn;
 mod core;
 mod link;
+mod mesh;
 mod notify;
 mod queue;
+mod replica;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
-pub use crate::config::{MatcherConfig, SlowConsumer};
+pub use crate::config::{GossipConfig, MatcherConfig, SlowConsumer};
 pub use crate::core::MatcherStats;
 
 /// Bound of the queue into the core task.
@@ -42,12 +44,25 @@ pub struct Matcher {
 
 impl Matcher {
     /// Starts a matcher: `tls` for its server side, and `coordinator_tls` to reach the
-    /// coordinator when `config.coordinator` is set.
+    /// coordinator when `config.coordinator` is set — or, for a gossip node
+    /// (`config.gossip`), to reach its peers.
     pub fn start(
         config: MatcherConfig,
         tls: quinn::ServerConfig,
         coordinator_tls: Option<quinn::ClientConfig>,
     ) -> std::io::Result<Matcher> {
+        if config.gossip.is_some() && config.coordinator.is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a gossip node has no coordinator",
+            ));
+        }
+        if config.gossip.is_some() && coordinator_tls.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a gossip node needs client TLS settings to reach its peers",
+            ));
+        }
         let endpoint = server_endpoint(config.listen, tls)?;
         let local = endpoint.local_addr()?;
         let addr = config
@@ -73,8 +88,50 @@ impl Matcher {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_LEN_MAX);
-        let core = crate::core::Core::new(me.clone(), config.clone(), ring);
         let span = tracing::info_span!("matcher", id = %me.id);
+        let mut mesh_tx = None;
+        let gossip = match (&config.gossip, &coordinator_tls) {
+            (Some(g), Some(tls)) => {
+                let (tx, rx) = mpsc::channel(CORE_QUEUE_LEN_MAX);
+                let id: u64 = rand::random();
+                let advertised: SocketAddr = me.addr.parse().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "a gossip node advertises an IP address and port, not {:?}",
+                            me.addr
+                        ),
+                    )
+                })?;
+                let mesh = mesh::Mesh {
+                    me: mesh::PeerId {
+                        id,
+                        addr: advertised,
+                        started: replica::unix_ms(),
+                        bump: 0,
+                    },
+                    seeds: g.seeds.clone(),
+                    endpoint: client_endpoint(tls.clone())?,
+                    server_name: g.server_name.clone(),
+                    token: g.peer_token.clone(),
+                    probe_period: g.probe_period,
+                    max_frame_bytes: config.limits.frame_bytes_max,
+                    core: core_tx.clone(),
+                    tx: tx.clone(),
+                    rx,
+                    tasks: tasks.clone(),
+                };
+                tasks.spawn(mesh.run(cancel.clone()).instrument(span.clone()));
+                mesh_tx = Some(tx.clone());
+                Some(crate::core::GossipSetup {
+                    id,
+                    config: g.clone(),
+                    mesh: tx,
+                })
+            }
+            _ => None,
+        };
+        let core = crate::core::Core::new(me.clone(), config.clone(), ring, gossip);
         tasks.spawn(core.run(core_rx, cancel.clone()).instrument(span.clone()));
         if let (Some((addr, name)), Some(tls)) = (config.coordinator.clone(), coordinator_tls) {
             let link = link::Link {
@@ -95,6 +152,7 @@ impl Matcher {
             cancel: cancel.clone(),
             tasks: tasks.clone(),
             next_conn: AtomicU64::new(1),
+            mesh: mesh_tx,
         });
         tasks.spawn(accept(endpoint.clone(), shared).instrument(span));
         info!(addr = %local, id = %me.id, "matcher listening");

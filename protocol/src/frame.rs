@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{Event, EventId};
@@ -302,6 +303,27 @@ pub enum Frame {
         req: RequestId,
         /// The matcher's id.
         node: String,
+    },
+    /// Membership (SWIM) data between gossip nodes; opaque to the protocol.
+    Swim {
+        /// The membership layer's packet.
+        data: Bytes,
+    },
+    /// A dissemination message between gossip nodes (MessagePack of
+    /// `sift_matcher_core::gossip::Message`), no answer.
+    Gossip {
+        /// The sending node's gossip id.
+        from: u64,
+        /// The encoded message.
+        data: Bytes,
+    },
+    /// An event a gossip node matched against subscriptions held at the receiving node
+    /// (gossip node → gossip node), no answer.
+    Forward {
+        /// The receiver's subscriptions the event goes to.
+        subs: Vec<SubscriptionId>,
+        /// The event.
+        event: Event,
     },
 }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sift_coordinator::{Coordinator, CoordinatorConfig};
-use sift_matcher::{Matcher, MatcherConfig};
-use sift_protocol::net::tls::{client_config, server_config, CertAuthority};
+use sift_matcher::{GossipConfig, Matcher, MatcherConfig};
+use sift_matcher_core::gossip::Strategy;
+use sift_protocol::net::tls::{client_config, server_config, CertAuthority, CertifiedKey};
 
 use super::common::{self, CA_FILE, COORDINATOR_FILE};
 use super::out;
@@ -28,6 +29,16 @@ pub struct DevArgs {
     /// Logs as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Gossip mode: no coordinator; the nodes listen on PORT, PORT+1, … and clients may use
+    /// any of them.
+    #[arg(long)]
+    pub gossip: bool,
+    /// Gossip mode: the dissemination strategy.
+    #[arg(long, default_value = "rumor:2+anti-entropy:push-pull")]
+    pub strategy: Strategy,
+    /// Gossip mode: the dissemination tick.
+    #[arg(long, default_value = "100ms", value_parser = common::duration)]
+    pub gossip_period: Duration,
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> Result<()> {
@@ -48,6 +59,9 @@ pub fn run(args: DevArgs) -> Result<()> {
     write(&args.data_dir, CA_FILE, &ca.cert_pem)?;
     write(&args.data_dir, "node.pem", &node.cert_pem)?;
     write(&args.data_dir, "node.key", &node.key_pem)?;
+    if args.gossip {
+        return gossip(args, &ca, &node);
+    }
     common::runtime()?.block_on(async move {
         let coordinator_addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
         let config = CoordinatorConfig { listen: coordinator_addr, ..CoordinatorConfig::default() };
@@ -83,6 +97,63 @@ pub fn run(args: DevArgs) -> Result<()> {
             m.shutdown().await;
         }
         coordinator.shutdown().await;
+        let _ = std::fs::remove_file(args.data_dir.join(COORDINATOR_FILE));
+        Ok(())
+    })
+}
+
+/// `sift dev --gossip`: N gossip nodes, each seeded with the first.
+fn gossip(args: DevArgs, ca: &CertAuthority, node: &CertifiedKey) -> Result<()> {
+    common::runtime()?.block_on(async move {
+        let first = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+        let mut nodes = Vec::new();
+        for i in 0..args.matchers {
+            let mut config = MatcherConfig::for_test(&format!("g{}", i + 1));
+            config.listen = ([127, 0, 0, 1], args.port + i).into();
+            config.gossip = Some(GossipConfig {
+                seeds: vec![first],
+                strategy: args.strategy,
+                period: args.gossip_period,
+                ..GossipConfig::default()
+            });
+            let tls = server_config(node, None)?;
+            let to_peers = client_config(&ca.cert_pem, None)?;
+            let m = Matcher::start(config, tls, Some(to_peers))
+                .with_context(|| format!("cannot listen on 127.0.0.1:{} (is another `sift dev` running? try --port)", args.port + i))?;
+            nodes.push(m);
+        }
+        let n = nodes.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut joined = 0;
+            for m in &nodes {
+                if m.stats().await.is_some_and(|s| s.members + 1 == n) {
+                    joined += 1;
+                }
+            }
+            if joined == n {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the gossip nodes did not all see each other within 10 s");
+            }
+            // Polls the nodes' own membership view (no event to wait on across nodes).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        write(&args.data_dir, COORDINATOR_FILE, &first.to_string())?;
+        let dir = args.data_dir.display();
+        let last = args.port + args.matchers - 1;
+        out(&format!("sift dev --gossip: {n} gossip nodes on 127.0.0.1:{}..{last}, strategy {}", args.port, args.strategy));
+        out(&format!("  certificates and address in {dir}/ (sift pub/sub find them there; any node serves)"));
+        out("  try:   sift sub 'orders.>' --filter 'price > 10'");
+        out(&format!("         SIFT_COORDINATOR=127.0.0.1:{last} sift pub orders.eu --attrs '{{\"price\": 12.5}}' --payload hello"));
+        out(&format!("  SDK:   SIFT_COORDINATOR={first} SIFT_CA={dir}/{CA_FILE}  (Client::from_env())"));
+        out("  stop with Ctrl-C");
+        common::shutdown_signal().await;
+        out("sift dev: stopping");
+        for m in nodes {
+            m.shutdown().await;
+        }
         let _ = std::fs::remove_file(args.data_dir.join(COORDINATOR_FILE));
         Ok(())
     })

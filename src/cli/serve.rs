@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 use sift_coordinator::{Coordinator, CoordinatorConfig};
-use sift_matcher::{Matcher, MatcherConfig, SlowConsumer};
+use sift_matcher::{GossipConfig, Matcher, MatcherConfig, SlowConsumer};
+use sift_matcher_core::gossip::Strategy;
 use sift_protocol::net::tls::{client_config, server_config, CertifiedKey};
 
 use super::common;
@@ -179,11 +180,33 @@ pub struct MatcherArgs {
     /// Logs as JSON lines.
     #[arg(long, env = "SIFT_LOG_JSON")]
     pub log_json: bool,
+    /// Run as a gossip node: no coordinator; every node holds every subscription, learned
+    /// from the others by the dissemination strategy; clients connect to any node.
+    #[arg(long, env = "SIFT_GOSSIP")]
+    pub gossip: bool,
+    /// Gossip: nodes to join through, `host:port` (their advertised addresses).
+    #[arg(long, env = "SIFT_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Gossip: dissemination strategy (flood, bcrm:B,F, rumor:k, anti-entropy:push-pull,
+    /// rumor:k+anti-entropy, …). Default rumor:2+anti-entropy:push-pull.
+    #[arg(long, env = "SIFT_STRATEGY")]
+    pub strategy: Option<Strategy>,
+    /// Gossip: the dissemination tick. Default 100ms.
+    #[arg(long, env = "SIFT_GOSSIP_PERIOD", value_parser = common::duration)]
+    pub gossip_period: Option<Duration>,
+    /// Gossip: the TLS name on the peers' certificates. Default localhost.
+    #[arg(long, env = "SIFT_PEER_NAME")]
+    pub peer_name: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct MatcherFile {
+    gossip: Option<bool>,
+    seeds: Option<Vec<String>>,
+    strategy: Option<String>,
+    gossip_period: Option<String>,
+    peer_name: Option<String>,
     id: Option<String>,
     listen: Option<String>,
     advertise: Option<String>,
@@ -247,7 +270,57 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
     if let Some(n) = args.connections_max.or(f.connections_max) {
         config.connections_max = n;
     }
-    let to_coordinator = match args.coordinator.or(f.coordinator) {
+    let gossip = args.gossip || f.gossip.unwrap_or(false);
+    let coordinator = args.coordinator.or(f.coordinator);
+    if gossip && coordinator.is_some() {
+        bail!("--gossip and --coordinator exclude each other: a gossip node has no coordinator");
+    }
+    if gossip {
+        let mut g = GossipConfig::default();
+        let seeds = if args.seeds.is_empty() {
+            f.seeds.unwrap_or_default()
+        } else {
+            args.seeds
+        };
+        g.seeds = seeds
+            .iter()
+            .map(|s| common::resolve(s))
+            .collect::<Result<_>>()?;
+        if let Some(st) = args.strategy {
+            g.strategy = st;
+        } else if let Some(st) = f.strategy {
+            g.strategy = st.parse()?;
+        }
+        if let Some(d) = args
+            .gossip_period
+            .map(Ok)
+            .or(f.gossip_period.map(|d| common::duration(&d)))
+        {
+            g.period = d.map_err(anyhow::Error::msg)?;
+            if g.period.is_zero() {
+                bail!("--gossip-period must be above zero");
+            }
+        }
+        if let Some(n) = args.peer_name.or(f.peer_name) {
+            g.server_name = n;
+        }
+        g.peer_token = config.token.clone();
+        config.gossip = Some(g);
+        let ca_path = args
+            .ca
+            .or(f.ca)
+            .context("--ca is required with --gossip (it signs the peers' certificates)")?;
+        let to_peers = client_config(&read(&ca_path)?, Some(&cert))?;
+        return common::runtime()?.block_on(async move {
+            let m = Matcher::start(config, tls, Some(to_peers))
+                .context("cannot start the gossip node")?;
+            common::shutdown_signal().await;
+            tracing::info!("stopping");
+            m.shutdown().await;
+            Ok(())
+        });
+    }
+    let to_coordinator = match coordinator {
         Some(addr) => {
             let name = args
                 .coordinator_name

@@ -1,0 +1,322 @@
+//! Gossip mode's network side: SWIM membership (the `foca` crate) and one QUIC link per peer.
+//!
+//! The mesh task owns the membership state machine and the links; the core task owns the
+//! dissemination state machine and hands it messages to send (`MeshCmd::Send`). Membership
+//! packets, gossip messages and forwarded events all travel as frames on one stream per link
+//! (`Frame::Swim`, `Frame::Gossip`, `Frame::Forward`); a node's own server accepts them like
+//! any request stream. Links are one-way: a node sends on its own link to a peer and
+//! receives on the peer's link to it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{
+    AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sift_matcher_core::gossip::NodeId;
+use sift_protocol::frame::Frame;
+use sift_protocol::net::{FrameReader, FrameWriter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::core::Input;
+
+/// What the mesh task is asked to do.
+pub(crate) enum MeshCmd {
+    /// Send a frame to a member.
+    Send { to: NodeId, frame: Frame },
+    /// A membership packet arrived.
+    Swim(Bytes),
+    /// A membership timer fired.
+    Timer(Timer<PeerId>),
+}
+
+/// A gossip node's identity in membership: its gossip id, its QUIC address, when it started
+/// and how often it rejoined (a restarted node wins over its old self at the same address).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct PeerId {
+    pub(crate) id: NodeId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) started: u64,
+    pub(crate) bump: u16,
+}
+
+impl Identity for PeerId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(PeerId {
+            bump: self.bump.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.started, self.bump) > (adversary.started, adversary.bump)
+    }
+}
+
+/// Frames queued per link before new ones are dropped (gossip tolerates loss; anti-entropy
+/// repairs it).
+const LINK_QUEUE_LEN: usize = 4096;
+/// How often to announce to the seeds while no other member is known.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
+
+pub(crate) struct Mesh {
+    pub(crate) me: PeerId,
+    pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) server_name: String,
+    pub(crate) token: Option<String>,
+    pub(crate) probe_period: Duration,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) core: mpsc::Sender<Input>,
+    pub(crate) tx: mpsc::Sender<MeshCmd>,
+    pub(crate) rx: mpsc::Receiver<MeshCmd>,
+    pub(crate) tasks: TaskTracker,
+}
+
+struct State {
+    foca: Foca<PeerId, PostcardCodec, StdRng, NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<PeerId>,
+    members: HashMap<NodeId, SocketAddr>,
+    links: HashMap<SocketAddr, mpsc::Sender<Frame>>,
+}
+
+impl Mesh {
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        let mut config = foca::Config::new_lan(NonZeroU32::MIN.saturating_add(7));
+        config.probe_period = self.probe_period;
+        config.probe_rtt = self.probe_period / 2;
+        config.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.probe_period / 2,
+            num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
+        });
+        config.suspect_to_down_after = self.probe_period * 4;
+        config.remove_down_after = Duration::from_secs(60);
+        let rng = StdRng::from_rng(&mut rand::rng());
+        let mut state = State {
+            foca: Foca::new(self.me.clone(), config, rng, PostcardCodec),
+            runtime: AccumulatingRuntime::new(),
+            members: HashMap::new(),
+            links: HashMap::new(),
+        };
+        let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!(id = self.me.id, addr = %self.me.addr, seeds = self.seeds.len(), "gossip node joining");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = announce.tick() => {
+                    if state.members.is_empty() {
+                        for &seed in &self.seeds {
+                            if seed == self.me.addr {
+                                continue;
+                            }
+                            let dst = PeerId { id: 0, addr: seed, started: 0, bump: 0 };
+                            if let Err(e) = state.foca.announce(dst, &mut state.runtime) {
+                                debug!(error = %e, "announce failed");
+                            }
+                        }
+                    }
+                }
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    match cmd {
+                        MeshCmd::Send { to, frame } => {
+                            if let Some(&addr) = state.members.get(&to) {
+                                self.send(&mut state, addr, frame);
+                            }
+                        }
+                        MeshCmd::Swim(data) => {
+                            if let Err(e) = state.foca.handle_data(&data, &mut state.runtime) {
+                                debug!(error = %e, "bad membership packet");
+                            }
+                        }
+                        MeshCmd::Timer(timer) => {
+                            if let Err(e) = state.foca.handle_timer(timer, &mut state.runtime) {
+                                debug!(error = %e, "membership timer");
+                            }
+                        }
+                    }
+                }
+            }
+            self.drain(&mut state, &cancel).await;
+        }
+        let _ = state.foca.leave_cluster(&mut state.runtime);
+        while let Some((to, data)) = state.runtime.to_send() {
+            self.send(&mut state, to.addr, Frame::Swim { data });
+        }
+    }
+
+    /// Acts on what the membership state machine produced.
+    async fn drain(&self, state: &mut State, cancel: &CancellationToken) {
+        while let Some((to, data)) = state.runtime.to_send() {
+            self.send(state, to.addr, Frame::Swim { data });
+        }
+        while let Some((after, timer)) = state.runtime.to_schedule() {
+            let tx = self.tx.clone();
+            let cancel = cancel.clone();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(after) => { let _ = tx.send(MeshCmd::Timer(timer)).await; }
+                }
+            });
+        }
+        let mut changed = false;
+        while let Some(note) = state.runtime.to_notify() {
+            match note {
+                OwnedNotification::MemberUp(p) => {
+                    info!(node = p.id, addr = %p.addr, "gossip member up");
+                    state.members.insert(p.id, p.addr);
+                    changed = true;
+                }
+                OwnedNotification::MemberDown(p) => {
+                    info!(node = p.id, addr = %p.addr, "gossip member down");
+                    if state.members.get(&p.id) == Some(&p.addr) {
+                        state.members.remove(&p.id);
+                        state.links.remove(&p.addr);
+                    }
+                    changed = true;
+                }
+                OwnedNotification::Rename(old, new) => {
+                    state.members.remove(&old.id);
+                    state.members.insert(new.id, new.addr);
+                    changed = true;
+                }
+                OwnedNotification::Defunct => warn!("declared down by the cluster; rejoining"),
+                _ => {}
+            }
+        }
+        if changed {
+            let mut peers: Vec<NodeId> = state.members.keys().copied().collect();
+            peers.sort_unstable();
+            let _ = self.core.send(Input::Members(peers)).await;
+        }
+    }
+
+    /// Queues a frame on the link to `addr`, starting the link if needed.
+    fn send(&self, state: &mut State, addr: SocketAddr, frame: Frame) {
+        let link = state.links.entry(addr).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(LINK_QUEUE_LEN);
+            let link = Link {
+                endpoint: self.endpoint.clone(),
+                addr,
+                server_name: self.server_name.clone(),
+                token: self.token.clone(),
+                max_frame_bytes: self.max_frame_bytes,
+            };
+            self.tasks.spawn(link.run(rx));
+            tx
+        });
+        if link.try_send(frame).is_err() {
+            debug!(peer = %addr, "link queue full; frame dropped");
+        }
+    }
+}
+
+/// One outgoing link to a peer: a QUIC connection and one stream of frames, re-established
+/// with backoff while there is something to send. Ends when the mesh drops its sender.
+struct Link {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: String,
+    token: Option<String>,
+    max_frame_bytes: usize,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::Receiver<Frame>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut pending: Option<Frame> = None;
+        loop {
+            if pending.is_none() {
+                pending = match rx.recv().await {
+                    Some(f) => Some(f),
+                    None => return,
+                };
+            }
+            match self.connect().await {
+                Ok((conn, mut writer)) => {
+                    backoff = Duration::from_millis(100);
+                    loop {
+                        let Some(frame) = pending.take() else { break };
+                        if writer.push(&frame).is_err() {
+                            // Not encodable: drop it, keep the link.
+                            debug!(peer = %self.addr, "frame not encodable; dropped");
+                        }
+                        while let Ok(more) = rx.try_recv() {
+                            let _ = writer.push(&more);
+                        }
+                        if writer.flush().await.is_err() {
+                            break;
+                        }
+                        pending = match rx.recv().await {
+                            Some(f) => Some(f),
+                            None => {
+                                let _ = writer.finish().await;
+                                conn.close(0u32.into(), b"done");
+                                return;
+                            }
+                        };
+                    }
+                    conn.close(0u32.into(), b"reconnect");
+                }
+                Err(e) => {
+                    debug!(peer = %self.addr, error = %e, "gossip link down");
+                    // What queued while the peer was unreachable is stale; anti-entropy
+                    // catches up.
+                    pending = None;
+                    while rx.try_recv().is_ok() {}
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(quinn::Connection, FrameWriter), String> {
+        let connecting = self
+            .endpoint
+            .connect(self.addr, &self.server_name)
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let mut writer = FrameWriter::new(send, self.max_frame_bytes);
+        if self.token.is_some() {
+            writer
+                .push(&Frame::Hello {
+                    req: 1,
+                    token: self.token.clone(),
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        // The peer only answers the Hello (and errors); read them so its stream never blocks.
+        let mut reader = FrameReader::new(recv, self.max_frame_bytes);
+        let peer = self.addr;
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = reader.next().await {
+                if let Frame::Error(e) = frame {
+                    debug!(%peer, code = ?e.code, message = %e.message, "peer refused a gossip frame");
+                }
+            }
+        });
+        Ok((conn, writer))
+    }
+}

@@ -1,0 +1,70 @@
+//! What a gossip node tells the others about one of its subscriptions.
+
+use serde::{Deserialize, Serialize};
+use sift_matcher_core::gossip::WireSize;
+use sift_matcher_core::NewSubscription;
+use sift_protocol::frame::{ExpirySpec, GroupSpec};
+use sift_protocol::{DeliveryMode, Filter, Pattern, SubscriptionId};
+
+/// A subscription as replicated to every gossip node: enough to match events against it
+/// there; notifications still go out from its home node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SubRecord {
+    /// Topic or pattern.
+    pub pattern: String,
+    /// Filter source.
+    pub filter: String,
+    /// Group, if any.
+    pub group: Option<GroupSpec>,
+    /// Delivery mode (kept for groups' bookkeeping; delivery happens at home).
+    pub mode: DeliveryMode,
+    /// When the subscription lapses unless renewed, Unix milliseconds on its home node's
+    /// clock.
+    pub deadline_unix_ms: u64,
+}
+
+impl WireSize for SubRecord {
+    fn wire_size(&self) -> usize {
+        self.pattern.len()
+            + self.filter.len()
+            + self.group.as_ref().map_or(1, |g| g.name.len() + 8)
+            + 16
+    }
+}
+
+/// A record that cannot become a subscription here.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error("invalid pattern: {0}")]
+    Pattern(String),
+    #[error("invalid filter: {0}")]
+    Filter(String),
+}
+
+impl SubRecord {
+    /// The engine's subscription for this record, lapsing in `remaining_ms`.
+    pub fn to_subscription(
+        &self,
+        id: SubscriptionId,
+        remaining_ms: u64,
+    ) -> Result<NewSubscription, RecordError> {
+        let pattern =
+            Pattern::parse(&self.pattern).map_err(|e| RecordError::Pattern(e.to_string()))?;
+        let filter = Filter::parse(&self.filter).map_err(|e| RecordError::Filter(e.to_string()))?;
+        Ok(NewSubscription {
+            id,
+            pattern,
+            filter,
+            expiry: ExpirySpec::DeadlineMs(remaining_ms.max(1)),
+            group: self.group.clone(),
+            mode: self.mode,
+        })
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
