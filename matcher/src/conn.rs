@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// Gossip mode: the mesh task, for membership packets.
     pub(crate) mesh: Option<mpsc::Sender<crate::mesh::MeshCmd>>,
+    /// Gossip mode: drop traffic from other nodes (fault injection).
+    pub(crate) isolated: Arc<AtomicBool>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
@@ -261,6 +263,11 @@ impl RequestStream {
                         ring: rx.await.ok()?,
                     })
                 })
+            }
+            Frame::Swim { .. } | Frame::Gossip { .. } | Frame::Forward { .. }
+                if self.shared.isolated.load(Ordering::Relaxed) =>
+            {
+                return None;
             }
             Frame::Swim { data } => {
                 let Some(mesh) = &self.shared.mesh else {

@@ -17,7 +17,7 @@ mod queue;
 mod replica;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use sift_protocol::frame::{Ring, RingMember};
@@ -40,6 +40,7 @@ pub struct Matcher {
     me: RingMember,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    isolated: Arc<AtomicBool>,
 }
 
 impl Matcher {
@@ -90,6 +91,7 @@ impl Matcher {
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_LEN_MAX);
         let span = tracing::info_span!("matcher", id = %me.id);
         let mut mesh_tx = None;
+        let isolated = Arc::new(AtomicBool::new(false));
         let gossip = match (&config.gossip, &coordinator_tls) {
             (Some(g), Some(tls)) => {
                 let (tx, rx) = mpsc::channel(CORE_QUEUE_LEN_MAX);
@@ -120,6 +122,7 @@ impl Matcher {
                     tx: tx.clone(),
                     rx,
                     tasks: tasks.clone(),
+                    isolated: isolated.clone(),
                 };
                 tasks.spawn(mesh.run(cancel.clone()).instrument(span.clone()));
                 mesh_tx = Some(tx.clone());
@@ -153,6 +156,7 @@ impl Matcher {
             tasks: tasks.clone(),
             next_conn: AtomicU64::new(1),
             mesh: mesh_tx,
+            isolated: isolated.clone(),
         });
         tasks.spawn(accept(endpoint.clone(), shared).instrument(span));
         info!(addr = %local, id = %me.id, "matcher listening");
@@ -162,7 +166,16 @@ impl Matcher {
             me,
             cancel,
             tasks,
+            isolated,
         })
+    }
+
+    /// Gossip mode, fault injection: while isolated, the node drops every membership, gossip
+    /// and forwarded-event frame it would send or receive — a network partition between it and
+    /// the other nodes, while its clients still reach it. For failure drills and tests.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated
+            .store(isolated, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The address it listens on.

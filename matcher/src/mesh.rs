@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +88,7 @@ pub(crate) struct Mesh {
     pub(crate) tx: mpsc::Sender<MeshCmd>,
     pub(crate) rx: mpsc::Receiver<MeshCmd>,
     pub(crate) tasks: TaskTracker,
+    pub(crate) isolated: Arc<AtomicBool>,
 }
 
 struct State {
@@ -210,6 +213,9 @@ impl Mesh {
 
     /// Queues a frame on the link to `addr`, starting the link if needed.
     fn send(&self, state: &mut State, addr: SocketAddr, frame: Frame) {
+        if self.isolated.load(Ordering::Relaxed) {
+            return;
+        }
         let link = state.links.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(LINK_QUEUE_LEN);
             let link = Link {
