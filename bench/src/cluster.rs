@@ -136,3 +136,81 @@ pub async fn start_cluster(
         _ => bail!("the ring did not reach {matchers} matchers within 20 s"),
     }
 }
+
+/// A gossip cluster of separate processes: `nodes` `sift matcher --gossip` nodes on `port`,
+/// `port + 1`, …, each seeded with the first, spreading subscriptions by `strategy` every
+/// `period`. Returns once every node sees all the others, with the SDK configuration for the
+/// first node and every node's address.
+pub async fn start_gossip_cluster(
+    exe: &Path,
+    nodes: usize,
+    port: u16,
+    dir: &Path,
+    cpus: Option<&str>,
+    strategy: &str,
+    period: Duration,
+) -> Result<(Vec<ServerProcess>, ClientConfig, Vec<std::net::SocketAddr>)> {
+    let certs = generate_certs(dir)?;
+    let first = format!("127.0.0.1:{port}");
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..nodes {
+        let listen = format!("127.0.0.1:{}", usize::from(port) + i);
+        addrs.push(listen.parse()?);
+        let mut cmd = pinned(exe, cpus);
+        cmd.args([
+            "matcher",
+            "--gossip",
+            "--id",
+            &format!("g{i}"),
+            "--listen",
+            &listen,
+        ])
+        .args(["--seeds", &first, "--strategy", strategy])
+        .args(["--gossip-period", &format!("{}ms", period.as_millis())])
+        .arg("--ca")
+        .arg(&certs.ca)
+        .arg("--cert")
+        .arg(&certs.cert)
+        .arg("--key")
+        .arg(&certs.key)
+        .env("RUST_LOG", "warn");
+        procs.push(ServerProcess::spawn(
+            &format!("sift matcher --gossip g{i}"),
+            cmd,
+            &dir.join(format!("g{i}.log")),
+        )?);
+    }
+    let ca = std::fs::read_to_string(&certs.ca)?;
+    let config = ClientConfig::new(addrs[0], ca);
+    let joined = tokio::time::timeout(Duration::from_secs(30), async {
+        for &addr in &addrs {
+            let mut c = config.clone();
+            c.coordinator = addr;
+            loop {
+                if let Ok(client) = Client::connect(c.clone()).await {
+                    let members = client
+                        .node_stats()
+                        .await
+                        .ok()
+                        .and_then(|s| s.into_iter().find(|(k, _)| k == "members"))
+                        .map_or(0, |(_, v)| v);
+                    client.close().await;
+                    if members as usize + 1 == nodes {
+                        break;
+                    }
+                }
+                // The node is still starting or joining: ask again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
+    for p in &mut procs {
+        p.check_running()?;
+    }
+    match joined {
+        Ok(()) => Ok((procs, config, addrs)),
+        Err(_) => bail!("the {nodes} gossip nodes did not all see each other within 30 s"),
+    }
+}

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod collect;
+pub mod modes;
 pub mod plan;
 pub mod procs;
 pub mod progress;

@@ -62,6 +62,14 @@ pub fn vm_hwm_bytes(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Current resident set size (VmRSS) of process `pid`, bytes; `None` when it is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// The process that has a socket bound to local `port` (a TCP listener or a UDP socket), by
 /// way of `/proc/net` and the processes' file descriptors.
 pub fn pid_listening_on(port: u16) -> Option<u32> {

@@ -15,7 +15,7 @@ use crate::suite::Failure;
 use crate::target::TargetKind;
 
 /// Median, least and most of some figures.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Spread {
     /// The median (the mean of the middle two for an even count).
     pub median: f64,

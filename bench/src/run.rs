@@ -184,6 +184,7 @@ async fn run_once(
         .buffer_unordered(16)
         .try_collect()
         .await?;
+    target.settle(plan.subscriptions()).await?;
     let mut publishers = Vec::new();
     for i in 0..params.publishers {
         publishers

@@ -91,6 +91,10 @@ impl FromStr for TargetKind {
 pub enum Target {
     /// A Sift cluster: the SDK configuration (coordinator, CA, token).
     Sift(Box<ClientConfig>),
+    /// A Sift gossip cluster (or any set of entry points): connections are spread over the
+    /// nodes, publisher `i` on node `i mod n` and subscriber connection `i` on node
+    /// `i + 1 mod n`, so events cross nodes.
+    SiftNodes(Box<ClientConfig>, Vec<std::net::SocketAddr>),
     /// A NATS server, `host:port`.
     Nats(String),
     /// A Redis server, `host:port`.
@@ -103,6 +107,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Sift(c) => write!(f, "Sift({})", c.coordinator),
+            Target::SiftNodes(_, nodes) => write!(f, "Sift({nodes:?})"),
             Target::Nats(a) => write!(f, "Nats({a})"),
             Target::Redis(a) => write!(f, "Redis({a})"),
             Target::Mqtt(a) => write!(f, "Mqtt({a})"),
@@ -111,10 +116,70 @@ impl fmt::Debug for Target {
 }
 
 impl Target {
+    /// Sift's SDK configuration for connection number `id`.
+    fn sift_config(&self, id: usize, subscriber: bool) -> Option<ClientConfig> {
+        match self {
+            Target::Sift(config) => Some((**config).clone()),
+            Target::SiftNodes(config, nodes) if !nodes.is_empty() => {
+                let mut config = (**config).clone();
+                config.coordinator = nodes[(id + usize::from(subscriber)) % nodes.len()];
+                Some(config)
+            }
+            Target::SiftNodes(config, _) => Some((**config).clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits until `subscriptions` subscriptions are visible from every node: a gossip
+    /// cluster's nodes learn other nodes' subscriptions by gossip, after the subscribe
+    /// call returned; elsewhere a subscription is in place when its call returns.
+    pub async fn settle(&self, subscriptions: usize) -> Result<()> {
+        let Target::SiftNodes(config, nodes) = self else {
+            return Ok(());
+        };
+        let want = (subscriptions * nodes.len()) as u64;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut clients = Vec::new();
+        for &addr in nodes {
+            let mut c = (**config).clone();
+            c.coordinator = addr;
+            clients.push(
+                Client::connect(c)
+                    .await
+                    .context("cannot connect to a gossip node")?,
+            );
+        }
+        let result = async {
+            loop {
+                let mut held = 0;
+                for c in &clients {
+                    for (k, v) in c.node_stats().await? {
+                        if k == "subscriptions" || k == "remote_subscriptions" {
+                            held += v;
+                        }
+                    }
+                }
+                if held >= want {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("only {held} of {want} subscription copies after 60 s");
+                }
+                // Gossip spreads in ticks; ask again shortly.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        .await;
+        for c in clients {
+            c.close().await;
+        }
+        result
+    }
+
     /// Which system this is.
     pub fn kind(&self) -> TargetKind {
         match self {
-            Target::Sift(_) => TargetKind::Sift,
+            Target::Sift(_) | Target::SiftNodes(..) => TargetKind::Sift,
             Target::Nats(_) => TargetKind::Nats,
             Target::Redis(_) => TargetKind::Redis,
             Target::Mqtt(_) => TargetKind::Mqtt,
@@ -227,8 +292,8 @@ impl Publisher {
         at_least_once: bool,
     ) -> Result<Publisher> {
         Ok(match target {
-            Target::Sift(config) => Publisher::Sift {
-                client: Client::connect((**config).clone())
+            Target::Sift(_) | Target::SiftNodes(..) => Publisher::Sift {
+                client: Client::connect(target.sift_config(id, false).context("not Sift")?)
                     .await
                     .context("cannot connect to the Sift cluster")?,
                 attrs,
@@ -495,8 +560,8 @@ impl SubscriberConn {
         at_least_once: bool,
     ) -> Result<SubscriberConn> {
         match target {
-            Target::Sift(config) => {
-                let mut config = (**config).clone();
+            Target::Sift(_) | Target::SiftNodes(..) => {
+                let mut config = target.sift_config(id, true).context("not Sift")?;
                 config.buffer_len = 65_536;
                 let client = Client::connect(config)
                     .await

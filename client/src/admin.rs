@@ -36,6 +36,18 @@ impl Client {
         }
     }
 
+    /// The counters of the node at this client's configured address — a gossip node, or a
+    /// matcher when the client was pointed at one (a coordinator refuses).
+    pub async fn node_stats(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        match self
+            .coordinator_request(Frame::StatsFetch { req: 1 })
+            .await?
+        {
+            Frame::Stats { counters, .. } => Ok(counters),
+            other => Err(refusal(other)),
+        }
+    }
+
     /// Forgets matcher `id`.
     pub async fn admin_remove(&self, id: &str) -> Result<(), ClientError> {
         match self

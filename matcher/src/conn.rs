@@ -254,6 +254,16 @@ impl RequestStream {
                     .await;
                 return None;
             }
+            Frame::StatsFetch { req } => {
+                let (tx, rx) = oneshot::channel();
+                let _ = self.shared.core.send(Input::Stats { reply: tx }).await;
+                Box::pin(async move {
+                    Some(Frame::Stats {
+                        req,
+                        counters: rx.await.ok()?.counters(),
+                    })
+                })
+            }
             Frame::RingFetch { req } => {
                 let (tx, rx) = oneshot::channel();
                 let _ = self.shared.core.send(Input::RingNow { reply: tx }).await;

@@ -152,11 +152,37 @@ pub struct MatcherStats {
     pub members: usize,
     /// Gossip mode: dissemination messages sent.
     pub gossip_sent: u64,
+    /// Gossip mode: encoded bytes of the dissemination messages sent.
+    pub gossip_bytes: u64,
     /// Gossip mode: events forwarded to other nodes (once per node with matching
     /// subscribers).
     pub forwarded: u64,
     /// Gossip mode: messages to peers dropped because the link's queue was full.
     pub peer_dropped: u64,
+}
+
+impl MatcherStats {
+    /// The counters by name, as `sift admin stats` shows them.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        [
+            ("published", self.published),
+            ("duplicates", self.duplicates),
+            ("notified", self.notified),
+            ("dropped", self.dropped),
+            ("redelivered", self.redelivered),
+            ("slow_consumers", self.slow_consumers),
+            ("subscriptions", self.subscriptions as u64),
+            ("remote_subscriptions", self.remote_subscriptions as u64),
+            ("members", self.members as u64),
+            ("gossip_sent", self.gossip_sent),
+            ("gossip_bytes", self.gossip_bytes),
+            ("forwarded", self.forwarded),
+            ("peer_dropped", self.peer_dropped),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
 }
 
 /// What the core needs to run as a gossip node.
@@ -684,6 +710,7 @@ impl Core {
                     continue;
                 }
             };
+            let bytes = data.len() as u64;
             let frame = Frame::Gossip {
                 from: g.id,
                 data: data.into(),
@@ -693,6 +720,7 @@ impl Core {
                 .is_ok()
             {
                 self.stats.gossip_sent += 1;
+                self.stats.gossip_bytes += bytes;
             } else {
                 self.stats.peer_dropped += 1;
             }

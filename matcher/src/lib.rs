@@ -33,6 +33,10 @@ pub use crate::core::MatcherStats;
 /// Bound of the queue into the core task.
 const CORE_QUEUE_LEN_MAX: usize = 4096;
 
+/// Bound of the queue into a gossip node's mesh task (gossip messages and forwarded events
+/// on their way to peers; past it they are dropped and counted as `peer_dropped`).
+const MESH_QUEUE_LEN_MAX: usize = 65_536;
+
 /// A running matcher.
 pub struct Matcher {
     endpoint: quinn::Endpoint,
@@ -94,7 +98,7 @@ impl Matcher {
         let isolated = Arc::new(AtomicBool::new(false));
         let gossip = match (&config.gossip, &coordinator_tls) {
             (Some(g), Some(tls)) => {
-                let (tx, rx) = mpsc::channel(CORE_QUEUE_LEN_MAX);
+                let (tx, rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
                 let id: u64 = rand::random();
                 let advertised: SocketAddr = me.addr.parse().map_err(|_| {
                     std::io::Error::new(

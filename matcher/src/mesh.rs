@@ -72,7 +72,7 @@ impl Identity for PeerId {
 
 /// Frames queued per link before new ones are dropped (gossip tolerates loss; anti-entropy
 /// repairs it).
-const LINK_QUEUE_LEN: usize = 4096;
+const LINK_QUEUE_LEN: usize = 16_384;
 /// How often to announce to the seeds while no other member is known.
 const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
 

@@ -304,6 +304,18 @@ pub enum Frame {
         /// The matcher's id.
         node: String,
     },
+    /// Ask a matcher or gossip node for its counters (operator → node).
+    StatsFetch {
+        /// Request id.
+        req: RequestId,
+    },
+    /// A node's counters, by name (node → operator).
+    Stats {
+        /// The request answered.
+        req: RequestId,
+        /// Counter name and value.
+        counters: Vec<(String, u64)>,
+    },
     /// Membership (SWIM) data between gossip nodes; opaque to the protocol.
     Swim {
         /// The membership layer's packet.

@@ -23,6 +23,10 @@ pub enum BenchCommand {
     /// Simulates dissemination strategies on thousands of virtual nodes (the gossip nodes'
     /// own state machines); `--reproduce` checks them against published results.
     Sim(Box<super::sim::SimArgs>),
+    /// The same workload on a partitioned cluster and on a gossip cluster (separate
+    /// processes on loopback), and both designs in the simulator at 1,000–100,000 nodes;
+    /// writes results.json, tables.md and plots.
+    CompareModes(CompareArgs),
     /// Writes report.md and report.html again from DIR/results.jsonl.
     Report {
         /// The suite's output directory.
@@ -74,6 +78,10 @@ pub struct RunArgs {
     /// Scale: matcher counts, e.g. 1,2,4.
     #[arg(long, value_delimiter = ',')]
     pub matchers: Vec<usize>,
+    /// Sift: spread connections over these nodes, `host:port,…` (a gossip cluster's nodes:
+    /// publisher i on node i, subscriber connection i on node i+1).
+    #[arg(long, value_delimiter = ',')]
+    pub spread: Vec<String>,
     /// Server processes to measure (CPU, peak memory); found by port on loopback otherwise.
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
@@ -94,6 +102,41 @@ pub struct RunArgs {
     pub server_cpus: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// Arguments of `sift bench compare-modes`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Matchers (partitioned) and nodes (gossip), 2 to 16.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// The gossip cluster's strategy.
+    #[arg(long, default_value = "rumor:2+anti-entropy:push-pull")]
+    pub strategy: sift_matcher_core::gossip::Strategy,
+    /// The gossip tick.
+    #[arg(long, default_value = "100ms", value_parser = common::duration)]
+    pub period: Duration,
+    /// First port (the partitioned cluster takes PORT..=PORT+N, the gossip cluster PORT+20..).
+    #[arg(long, default_value_t = 7900)]
+    pub port: u16,
+    /// Where results.json, tables.md, plots/ and the clusters' logs go.
+    #[arg(long, default_value = "compare-modes")]
+    pub out: PathBuf,
+    /// Subscriptions loaded for the memory and traffic figures.
+    #[arg(long, default_value_t = 2000)]
+    pub subscriptions: usize,
+    /// How long the latency and throughput runs publish.
+    #[arg(long, default_value = "3s", value_parser = common::duration)]
+    pub duration: Duration,
+    /// Subscriptions timed for propagation.
+    #[arg(long, default_value_t = 10)]
+    pub trials: usize,
+    /// Simulated cluster sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub sim_sizes: Vec<usize>,
+    /// `taskset -c` cores for the servers (e.g. 0).
+    #[arg(long)]
+    pub cpus: Option<String>,
 }
 
 /// Arguments of `sift bench suite`.
@@ -133,6 +176,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Run(args) => run_one(*args),
         BenchCommand::Suite(args) => suite(args),
         BenchCommand::Sim(args) => super::sim::run(*args),
+        BenchCommand::CompareModes(args) => compare_modes(args),
         BenchCommand::Report { out: dir } => {
             sift_bench::report::write_reports(&dir)?;
             out(&format!(
@@ -195,6 +239,15 @@ fn run_one(args: RunArgs) -> Result<()> {
             if args.scenario == Scenario::Scale {
                 // The scenario starts its own clusters.
                 None
+            } else if !args.spread.is_empty() {
+                let nodes = args
+                    .spread
+                    .iter()
+                    .map(|a| common::resolve(a))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut config = cluster.client_config()?;
+                config.coordinator = nodes[0];
+                Some(Target::SiftNodes(Box::new(config), nodes))
             } else {
                 Some(Target::Sift(Box::new(cluster.client_config()?)))
             }
@@ -255,6 +308,36 @@ fn run_one(args: RunArgs) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+fn compare_modes(args: CompareArgs) -> Result<()> {
+    if args.trials == 0 || args.subscriptions == 0 {
+        bail!("--trials and --subscriptions must be at least 1");
+    }
+    let config = sift_bench::modes::ModesConfig {
+        exe: std::env::current_exe().context("cannot find the sift binary")?,
+        nodes: args.nodes,
+        strategy: args.strategy,
+        period: args.period,
+        port: args.port,
+        dir: args.out.clone(),
+        subscriptions: args.subscriptions,
+        duration: args.duration,
+        trials: args.trials,
+        sim_sizes: args.sim_sizes.clone(),
+        cpus: args.cpus.clone(),
+    };
+    let report = common::runtime()?
+        .block_on(sift_bench::modes::compare_modes(&config, &mut |line| {
+            err(line)
+        }))?;
+    sift_bench::modes::write_report(&report, &args.out)?;
+    out(&sift_bench::modes::tables(&report));
+    out(&format!(
+        "wrote {0}/results.json, {0}/tables.md and {0}/plots/",
+        args.out.display()
+    ));
     Ok(())
 }
 

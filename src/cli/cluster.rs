@@ -30,6 +30,16 @@ pub enum AdminCommand {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// A node's counters as JSON (a gossip node, or a matcher): subscriptions held, copies
+    /// of other nodes' subscriptions, gossip traffic, forwarded events, drops.
+    Stats {
+        /// The node, `host:port` (default: the cluster address, which for a gossip
+        /// cluster is a node).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// Forget a matcher.
     Remove {
         /// The matcher's id.
@@ -74,9 +84,16 @@ pub fn admin(command: AdminCommand) -> Result<()> {
     let cluster = match &command {
         AdminCommand::Nodes { cluster }
         | AdminCommand::Drain { cluster, .. }
-        | AdminCommand::Remove { cluster, .. } => cluster,
+        | AdminCommand::Remove { cluster, .. }
+        | AdminCommand::Stats { cluster, .. } => cluster,
     };
-    let config = cluster.client_config()?;
+    let mut config = cluster.client_config()?;
+    if let AdminCommand::Stats {
+        node: Some(node), ..
+    } = &command
+    {
+        config.coordinator = common::resolve(node)?;
+    }
     common::runtime()?.block_on(async move {
         let client = Client::connect(config)
             .await
@@ -100,6 +117,15 @@ pub fn admin(command: AdminCommand) -> Result<()> {
                 out(&format!(
                     "{id} is draining: it left the ring and its topics move to the others"
                 ));
+            }
+            AdminCommand::Stats { .. } => {
+                let counters: serde_json::Map<String, serde_json::Value> = client
+                    .node_stats()
+                    .await?
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::from(v)))
+                    .collect();
+                out(&serde_json::to_string(&counters)?);
             }
             AdminCommand::Remove { id, .. } => {
                 client.admin_remove(id).await?;
