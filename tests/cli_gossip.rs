@@ -49,7 +49,14 @@ fn dev_gossip_sub_on_one_node_pub_on_another() {
     // A port range of its own (cli_cluster uses 20,000–39,999).
     let port = 40_000 + (std::process::id() % 20_000) as u16;
     let mut dev = sift(&dir)
-        .args(["dev", "--gossip", "--matchers", "3", "--port", &port.to_string()])
+        .args([
+            "dev",
+            "--gossip",
+            "--matchers",
+            "3",
+            "--port",
+            &port.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -57,7 +64,9 @@ fn dev_gossip_sub_on_one_node_pub_on_another() {
     let dev_out = lines(&mut dev);
     let _dev = Kill(dev);
     loop {
-        let line = dev_out.recv_timeout(LIMIT).expect("sift dev --gossip did not come up");
+        let line = dev_out
+            .recv_timeout(LIMIT)
+            .expect("sift dev --gossip did not come up");
         if line.contains("stop with Ctrl-C") {
             break;
         }
@@ -81,7 +90,15 @@ fn dev_gossip_sub_on_one_node_pub_on_another() {
         let attrs = format!("{{\"price\": 12.5, \"round\": {round}}}");
         let status = sift(&dir)
             .env("SIFT_COORDINATOR", node(2))
-            .args(["pub", "orders.eu", "--attrs", &attrs, "--payload", "hi", "--ack"])
+            .args([
+                "pub",
+                "orders.eu",
+                "--attrs",
+                &attrs,
+                "--payload",
+                "hi",
+                "--ack",
+            ])
             .status()
             .unwrap();
         assert!(status.success());
@@ -99,8 +116,15 @@ fn dev_gossip_sub_on_one_node_pub_on_another() {
     // Every node's counters: three members, and the third node forwarded to the first.
     let mut forwarded = 0;
     for i in 0..3 {
-        let out = sift(&dir).args(["admin", "stats", "--node", &node(i)]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = sift(&dir)
+            .args(["admin", "stats", "--node", &node(i)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["members"], 2, "node {i}: {v}");
         forwarded += v["forwarded"].as_u64().unwrap();

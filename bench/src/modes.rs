@@ -45,7 +45,7 @@ pub struct ModesConfig {
     /// First port; the partitioned cluster takes `port ..= port + nodes`, the gossip cluster
     /// `port + 20 ..`.
     pub port: u16,
-    /// Certificates, logs and results go here.
+    /// The clusters' certificates and logs go here.
     pub dir: PathBuf,
     /// Subscriptions loaded for the memory and traffic measurement.
     pub subscriptions: usize,

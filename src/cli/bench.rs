@@ -119,9 +119,13 @@ pub struct CompareArgs {
     /// First port (the partitioned cluster takes PORT..=PORT+N, the gossip cluster PORT+20..).
     #[arg(long, default_value_t = 7900)]
     pub port: u16,
-    /// Where results.json, tables.md, plots/ and the clusters' logs go.
+    /// Where results.json, tables.md and plots/ go.
     #[arg(long, default_value = "compare-modes")]
     pub out: PathBuf,
+    /// Where the clusters' certificates and logs go (default: a directory under the system's
+    /// temporary directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
     /// Subscriptions loaded for the memory and traffic figures.
     #[arg(long, default_value_t = 2000)]
     pub subscriptions: usize,
@@ -321,7 +325,9 @@ fn compare_modes(args: CompareArgs) -> Result<()> {
         strategy: args.strategy,
         period: args.period,
         port: args.port,
-        dir: args.out.clone(),
+        dir: args.work_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("sift-compare-modes-{}", std::process::id()))
+        }),
         subscriptions: args.subscriptions,
         duration: args.duration,
         trials: args.trials,
@@ -335,8 +341,9 @@ fn compare_modes(args: CompareArgs) -> Result<()> {
     sift_bench::modes::write_report(&report, &args.out)?;
     out(&sift_bench::modes::tables(&report));
     out(&format!(
-        "wrote {0}/results.json, {0}/tables.md and {0}/plots/",
-        args.out.display()
+        "wrote {0}/results.json, {0}/tables.md and {0}/plots/ (cluster logs in {1})",
+        args.out.display(),
+        config.dir.display()
     ));
     Ok(())
 }
