@@ -244,12 +244,15 @@ struct Running {
 }
 
 impl Running {
-    /// The SDK configuration for a client "at" node `i`: the node itself for gossip, the
-    /// coordinator for the partitioned cluster (the SDK routes by topic).
+    /// The SDK configuration for a client "at" node `i`: the node itself for gossip (the
+    /// other nodes as fallbacks), the coordinator for the partitioned cluster (the SDK routes
+    /// by topic).
     fn client_config(&self, mode: Mode, i: usize) -> ClientConfig {
         let mut c = self.config.clone();
         if mode == Mode::Gossip {
-            c.coordinator = self.node_addrs[i % self.node_addrs.len()];
+            let n = self.node_addrs.len();
+            c.coordinator = self.node_addrs[i % n];
+            c.fallbacks = (1..n).map(|k| self.node_addrs[(i + k) % n]).collect();
         }
         c
     }

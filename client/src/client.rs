@@ -1,6 +1,7 @@
 //! The client handle and its shared state: the ring (watched), connections to matchers,
 //! publishing with routing and retries, and the subscriptions' bookkeeping.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -157,6 +158,10 @@ pub(crate) struct Inner {
     coordinator: tokio::sync::Mutex<Option<quinn::Connection>>,
     /// One ring fetch at a time; callers that waited find the ring already fresh.
     refreshing: tokio::sync::Mutex<()>,
+    /// Which entry point (the coordinator, then the fallbacks) is in use.
+    entry: std::sync::atomic::AtomicUsize,
+    /// Where the current ring came from: versions are only comparable from one source.
+    ring_source: Mutex<Option<SocketAddr>>,
     pub(crate) subs: Mutex<HashMap<SubscriptionId, SubState>>,
     pub(crate) closed: AtomicBool,
     pub(crate) cancel: CancellationToken,
@@ -206,6 +211,8 @@ impl Client {
             nodes: Mutex::new(HashMap::new()),
             coordinator: tokio::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            entry: std::sync::atomic::AtomicUsize::new(0),
+            ring_source: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -443,19 +450,44 @@ impl Inner {
             return; // fetched while we waited
         }
         match fetch_ring(self).await {
-            Ok(ring) => self.set_ring(ring),
+            Ok((ring, source)) => self.set_ring(ring, source),
             Err(e) => debug!(error = %e, "ring fetch failed"),
         }
     }
 
-    /// Takes `ring` if it is newer than ours, and moves subscriptions to where it says they
-    /// belong.
-    fn set_ring(self: &Arc<Self>, ring: Ring) {
-        let newer = ring.version > self.ring_version();
-        if newer {
+    /// Takes `ring` (from entry point `source`) if it is newer than ours or comes from
+    /// another entry point than ours did (after a failover: versions of different gossip
+    /// nodes are not comparable), and moves subscriptions to where it says they belong.
+    fn set_ring(self: &Arc<Self>, ring: Ring, source: SocketAddr) {
+        let take = {
+            let mut from = self.ring_source.lock().unwrap_or_else(|e| e.into_inner());
+            let take = ring.version > self.ring_version() || from.is_some_and(|f| f != source);
+            if take {
+                *from = Some(source);
+            }
+            take
+        };
+        if take {
             self.ring
                 .send_replace(Some(Arc::new(Placement::new(&ring))));
             crate::subscription::reconcile(self);
+        }
+    }
+
+    /// The entry point in use.
+    fn entry_point(&self) -> SocketAddr {
+        let n = 1 + self.config.fallbacks.len();
+        match self.entry.load(Ordering::Relaxed) % n {
+            0 => self.config.coordinator,
+            i => self.config.fallbacks[i - 1],
+        }
+    }
+
+    /// The entry point in use failed: the next one is tried from now on.
+    fn next_entry_point(&self) {
+        if !self.config.fallbacks.is_empty() {
+            let i = self.entry.fetch_add(1, Ordering::Relaxed);
+            debug!(next = %self.entry_point(), after = i, "trying the next entry point");
         }
     }
 
@@ -469,6 +501,19 @@ impl Inner {
 
     /// One request to the coordinator on the kept connection (made again if it was lost).
     pub(crate) async fn coordinator_request(&self, frame: Frame) -> Result<Frame, ClientError> {
+        self.entry_request(frame, self.config.request_timeout)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// One request to the entry point in use, within `timeout`; the answer and who gave it.
+    /// A request that times out drops the kept connection, so the next one finds out whether
+    /// the entry point is still there (and moves to the next one if not).
+    async fn entry_request(
+        &self,
+        frame: Frame,
+        timeout: Duration,
+    ) -> Result<(Frame, SocketAddr), ClientError> {
         let conn = {
             let mut kept = self.coordinator.lock().await;
             match kept.as_ref().filter(|c| c.close_reason().is_none()) {
@@ -480,6 +525,7 @@ impl Inner {
                 }
             }
         };
+        let source = conn.remote_address();
         let exchange = async {
             let (send, recv) = conn.open_bi().await.map_err(NetError::from)?;
             let mut w = FrameWriter::new(send, FRAME_BYTES_MAX);
@@ -487,14 +533,24 @@ impl Inner {
             w.send(&frame).await?;
             r.next().await
         };
-        match tokio::time::timeout(self.config.request_timeout, exchange).await {
-            Ok(Ok(Some(answer))) => Ok(answer),
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(Some(answer))) => Ok((answer, source)),
             Ok(Ok(None)) => Err(ClientError::Connection(
                 "the coordinator closed the stream".into(),
             )),
             Ok(Err(e)) => Err(ClientError::Connection(format!("coordinator: {e}"))),
             Err(_) => Err(ClientError::Timeout),
+        };
+        if result.is_err() {
+            let mut kept = self.coordinator.lock().await;
+            if kept
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                *kept = None;
+            }
         }
+        result
     }
 
     /// The connection to the matcher at `addr`, made if needed. After a failed attempt the
@@ -724,27 +780,48 @@ impl Inner {
 }
 
 /// Fetches the ring once from the coordinator.
-async fn fetch_ring(inner: &Inner) -> Result<Ring, ClientError> {
+/// The ring from the entry point in use, and who gave it. A ring fetch waits at most the
+/// connect timeout: an entry point that does not answer that fast is treated as gone.
+async fn fetch_ring(inner: &Inner) -> Result<(Ring, SocketAddr), ClientError> {
+    let timeout = inner
+        .config
+        .request_timeout
+        .min(inner.config.connect_timeout);
     match inner
-        .coordinator_request(Frame::RingFetch { req: 1 })
+        .entry_request(Frame::RingFetch { req: 1 }, timeout)
         .await?
     {
-        Frame::Ring { ring, .. } => Ok(ring),
-        other => Err(refusal(other)),
+        (Frame::Ring { ring, .. }, source) => Ok((ring, source)),
+        (other, _) => Err(refusal(other)),
     }
 }
 
+/// Connects to the entry point in use; when that fails and there are fallbacks, to each of
+/// the others in turn.
 pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connection, ClientError> {
+    let mut last = None;
+    for _ in 0..=inner.config.fallbacks.len() {
+        match connect_entry(inner, inner.entry_point()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => {
+                debug!(entry = %inner.entry_point(), error = %e, "entry point unreachable");
+                inner.next_entry_point();
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or(ClientError::Closed))
+}
+
+async fn connect_entry(inner: &Inner, addr: SocketAddr) -> Result<quinn::Connection, ClientError> {
     let connecting = inner
         .endpoint
-        .connect(inner.config.coordinator, &inner.config.server_name)
+        .connect(addr, &inner.config.server_name)
         .map_err(|e| ClientError::Connection(e.to_string()))?;
     let conn = tokio::time::timeout(inner.config.connect_timeout, connecting)
         .await
         .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| {
-            ClientError::Connection(format!("coordinator {}: {e}", inner.config.coordinator))
-        })?;
+        .map_err(|e| ClientError::Connection(format!("coordinator {addr}: {e}")))?;
     if let Some(token) = &inner.config.token {
         // A coordinator that requires a token serves a connection once it has seen it.
         let hello = async {
@@ -797,6 +874,7 @@ async fn watch_ring(inner: std::sync::Weak<Inner>) {
                 let me = inner.upgrade().ok_or(ClientError::Closed)?;
                 connect_coordinator(&me).await?
             };
+            let source = conn.remote_address();
             let (send, recv) = conn
                 .open_bi()
                 .await
@@ -817,7 +895,7 @@ async fn watch_ring(inner: std::sync::Weak<Inner>) {
                         let Some(me) = inner.upgrade() else {
                             return Ok(());
                         };
-                        me.set_ring(ring);
+                        me.set_ring(ring, source);
                     }
                     Some(Frame::Error(e)) if e.code == ErrorCode::Unauthorized => {
                         return Err(ClientError::Refused {

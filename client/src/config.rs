@@ -10,8 +10,14 @@ use crate::ClientError;
 /// How a [`crate::Client`] reaches the cluster.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Where the ring comes from: the coordinator (or, for a standalone matcher, the matcher).
+    /// Where the ring comes from: the coordinator (or, for a standalone matcher or a gossip
+    /// node, the node itself).
     pub coordinator: SocketAddr,
+    /// Other entry points, tried in turn when the current one cannot be reached: a gossip
+    /// cluster's other nodes, so that a client whose node dies moves to another one and
+    /// subscribes again there. (`SIFT_COORDINATOR` takes them comma-separated after the
+    /// first.) Default none.
+    pub fallbacks: Vec<SocketAddr>,
     /// The TLS server name the nodes' certificates carry. Default `"localhost"`.
     pub server_name: String,
     /// The CA that signed the nodes' certificates, PEM.
@@ -38,6 +44,7 @@ impl ClientConfig {
     pub fn new(coordinator: SocketAddr, ca_pem: impl Into<String>) -> ClientConfig {
         ClientConfig {
             coordinator,
+            fallbacks: Vec::new(),
             server_name: "localhost".into(),
             ca_pem: ca_pem.into(),
             client_cert: None,
@@ -49,18 +56,19 @@ impl ClientConfig {
         }
     }
 
-    /// From the environment: `SIFT_COORDINATOR` (`host:port`) and `SIFT_CA` (a PEM file);
-    /// `SIFT_TOKEN` and `SIFT_SERVER_NAME` when set.
+    /// From the environment: `SIFT_COORDINATOR` (`host:port`, or several comma-separated:
+    /// the first, then [`ClientConfig::fallbacks`]) and `SIFT_CA` (a PEM file); `SIFT_TOKEN`
+    /// and `SIFT_SERVER_NAME` when set.
     pub fn from_env() -> Result<ClientConfig, ClientError> {
         let var = |name: &str| {
             std::env::var(name).map_err(|_| ClientError::Config(format!("{name} is not set")))
         };
-        let addr = var("SIFT_COORDINATOR")?;
-        let coordinator = resolve(&addr)?;
+        let (coordinator, fallbacks) = resolve_list(&var("SIFT_COORDINATOR")?)?;
         let ca_path = var("SIFT_CA")?;
         let ca_pem = std::fs::read_to_string(&ca_path)
             .map_err(|e| ClientError::Config(format!("cannot read SIFT_CA {ca_path}: {e}")))?;
         let mut config = ClientConfig::new(coordinator, ca_pem);
+        config.fallbacks = fallbacks;
         config.token = std::env::var("SIFT_TOKEN").ok();
         if let Ok(name) = std::env::var("SIFT_SERVER_NAME") {
             config.server_name = name;
@@ -82,8 +90,10 @@ impl ClientConfig {
                 ))
             })
         };
-        let coordinator = resolve(read("coordinator")?.trim())?;
-        Ok(ClientConfig::new(coordinator, read("ca.pem")?))
+        let (coordinator, fallbacks) = resolve_list(read("coordinator")?.trim())?;
+        let mut config = ClientConfig::new(coordinator, read("ca.pem")?);
+        config.fallbacks = fallbacks;
+        Ok(config)
     }
 
     /// [`ClientConfig::from_env`] when `SIFT_COORDINATOR` is set, else the local `sift dev`
@@ -95,6 +105,21 @@ impl ClientConfig {
             ClientConfig::local_dev(".sift-dev")
         }
     }
+}
+
+/// Resolves `host:port[,host:port…]`: the first address and the others.
+pub(crate) fn resolve_list(list: &str) -> Result<(SocketAddr, Vec<SocketAddr>), ClientError> {
+    let mut all = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(resolve)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let first = all
+        .next()
+        .ok_or_else(|| ClientError::Config("no address given".into()))?;
+    Ok((first, all.collect()))
 }
 
 /// Resolves `host:port` to a socket address.

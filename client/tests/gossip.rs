@@ -104,6 +104,17 @@ impl Gossip {
             .unwrap()
     }
 
+    /// A client at node `i` that knows the other nodes as fallbacks.
+    async fn client_with_fallbacks(&self, i: usize) -> Client {
+        let mut config =
+            ClientConfig::new(self.node(i).local_addr().unwrap(), self.ca.cert_pem.clone());
+        config.fallbacks = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| self.node(j).local_addr().unwrap())
+            .collect();
+        Client::connect(config).await.unwrap()
+    }
+
     async fn kill(&mut self, i: usize) {
         self.nodes[i].take().unwrap().shutdown().await;
     }
@@ -331,6 +342,45 @@ async fn a_group_spread_over_nodes_gets_each_event_once() {
     let _ = LIMIT;
     a.close().await;
     b.close().await;
+    publisher.close().await;
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_whose_node_dies_moves_to_another_and_subscribes_again() {
+    let mut g = Gossip::start(3, |_| {}).await;
+    let client = g.client_with_fallbacks(0).await;
+    let mut sub = client.subscribe("f").start().await.unwrap();
+    g.wait(&[1, 2], |s, _| s.remote_subscriptions == 1).await;
+    let publisher = g.client(2).await;
+    publisher
+        .publish_acked(Message::new("f").attr("n", 0).payload("before"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded(sub.next()).await.unwrap().event.payload.as_ref(),
+        b"before"
+    );
+    g.kill(0).await;
+    // The client moves to a live node and subscribes there again; publish until a
+    // notification arrives through the new node.
+    let got = bounded(async {
+        for n in 1i64.. {
+            publisher
+                .publish_acked(Message::new("f").attr("n", n).payload("after"))
+                .await
+                .unwrap();
+            if let Ok(Some(note)) =
+                tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+            {
+                return note;
+            }
+        }
+        unreachable!()
+    })
+    .await;
+    assert_eq!(got.event.payload.as_ref(), b"after");
+    client.close().await;
     publisher.close().await;
     g.shutdown().await;
 }

@@ -11,7 +11,8 @@ use sift_client::ClientConfig;
 /// local `sift dev` cluster in `--data-dir`.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// The coordinator, `host:port`.
+    /// The coordinator, `host:port` (a gossip cluster: any node; several comma-separated
+    /// nodes to fail over between).
     #[arg(long, env = "SIFT_COORDINATOR")]
     pub coordinator: Option<String>,
     /// The CA certificate (PEM) that signed the nodes' certificates.
@@ -58,7 +59,17 @@ impl ClusterArgs {
                     .to_owned()
             }
         };
-        let coordinator = resolve(&addr)?;
+        // `host:port`, or several comma-separated: the first, then fallbacks (a gossip
+        // cluster's other nodes).
+        let mut addrs = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(resolve)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let coordinator = addrs.next().context("no cluster address given")?;
+        let fallbacks: Vec<_> = addrs.collect();
         let ca_path = self
             .ca
             .clone()
@@ -66,6 +77,7 @@ impl ClusterArgs {
         let ca_pem = std::fs::read_to_string(&ca_path)
             .with_context(|| format!("cannot read the CA certificate {}", ca_path.display()))?;
         let mut config = ClientConfig::new(coordinator, ca_pem);
+        config.fallbacks = fallbacks;
         config.token = self.token.clone();
         config.server_name = self.server_name.clone();
         if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {

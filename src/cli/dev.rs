@@ -140,14 +140,20 @@ fn gossip(args: DevArgs, ca: &CertAuthority, node: &CertifiedKey) -> Result<()> 
             // Polls the nodes' own membership view (no event to wait on across nodes).
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        write(&args.data_dir, COORDINATOR_FILE, &first.to_string())?;
+        // Every node: clients use the first and fail over to the others.
+        let all: Vec<String> = nodes
+            .iter()
+            .filter_map(|m| m.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        write(&args.data_dir, COORDINATOR_FILE, &all.join(","))?;
         let dir = args.data_dir.display();
         let last = args.port + args.matchers - 1;
         out(&format!("sift dev --gossip: {n} gossip nodes on 127.0.0.1:{}..{last}, strategy {}", args.port, args.strategy));
         out(&format!("  certificates and address in {dir}/ (sift pub/sub find them there; any node serves)"));
         out("  try:   sift sub 'orders.>' --filter 'price > 10'");
         out(&format!("         SIFT_COORDINATOR=127.0.0.1:{last} sift pub orders.eu --attrs '{{\"price\": 12.5}}' --payload hello"));
-        out(&format!("  SDK:   SIFT_COORDINATOR={first} SIFT_CA={dir}/{CA_FILE}  (Client::from_env())"));
+        out(&format!("  SDK:   SIFT_COORDINATOR={} SIFT_CA={dir}/{CA_FILE}  (Client::from_env(); any node, the others as fallbacks)", all.join(",")));
         out("  stop with Ctrl-C");
         common::shutdown_signal().await;
         out("sift dev: stopping");
