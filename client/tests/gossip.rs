@@ -384,3 +384,65 @@ async fn a_client_whose_node_dies_moves_to_another_and_subscribes_again() {
     publisher.close().await;
     g.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_a_peer_token_only_peers_may_send_node_to_node_frames() {
+    use sift_protocol::event::{Event, EventId, PublisherId};
+    use sift_protocol::frame::{ErrorCode, Frame};
+    use sift_protocol::net::{client_endpoint, FrameReader, FrameWriter};
+    let g = Gossip::start(2, |c| c.peer_token = Some("between-nodes".into())).await;
+    // The nodes themselves still spread subscriptions and forward events.
+    let client = g.client(0).await;
+    let mut sub = client.subscribe("pt").start().await.unwrap();
+    g.wait(&[1], |s, _| s.remote_subscriptions == 1).await;
+    let publisher = g.client(1).await;
+    publisher
+        .publish_acked(Message::new("pt").payload("from a peer"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded(sub.next()).await.unwrap().event.payload.as_ref(),
+        b"from a peer"
+    );
+    // A client cannot push an event into that subscription by pretending to be a node.
+    let endpoint = client_endpoint(client_config(&g.ca.cert_pem, None).unwrap()).unwrap();
+    let conn = endpoint
+        .connect(g.node(0).local_addr().unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let (mut w, mut r) = (
+        FrameWriter::new(send, 1 << 20),
+        FrameReader::new(recv, 1 << 20),
+    );
+    let forged = Frame::Forward {
+        subs: vec![sub.handle()],
+        event: Event {
+            id: EventId {
+                publisher: PublisherId(7),
+                seq: 1,
+            },
+            topic: "pt".into(),
+            attrs: Default::default(),
+            payload: bytes::Bytes::from_static(b"forged"),
+        },
+    };
+    w.send(&forged).await.unwrap();
+    match bounded(r.next()).await.unwrap() {
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::Unauthorized),
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    // The next real event arrives, not the forged one.
+    publisher
+        .publish_acked(Message::new("pt").payload("real"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded(sub.next()).await.unwrap().event.payload.as_ref(),
+        b"real"
+    );
+    client.close().await;
+    publisher.close().await;
+    g.shutdown().await;
+}

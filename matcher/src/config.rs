@@ -82,7 +82,10 @@ pub struct GossipConfig {
     pub anti_entropy_every: u32,
     /// The TLS name peers' certificates are checked against. Default `localhost`.
     pub server_name: String,
-    /// The token peers require, if they do (normally the same as `token`).
+    /// The secret gossip nodes present to each other. When set, membership, gossip and
+    /// forwarded-event frames are accepted only on connections that presented it (clients
+    /// cannot inject subscriptions or events); unset, any connection the node accepts may
+    /// send them (and nodes present `token`, if any). Set it in production.
     pub peer_token: Option<String>,
     /// How long a subscription copied from another node outlives the deadline its home node
     /// announced, to absorb gossip delay and clock skew. Default 2 s.

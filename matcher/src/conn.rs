@@ -31,6 +31,13 @@ pub(crate) struct Shared {
     pub(crate) isolated: Arc<AtomicBool>,
 }
 
+impl Shared {
+    /// The token gossip peers present, when one is configured.
+    fn peer_token(&self) -> Option<&String> {
+        self.config.gossip.as_ref()?.peer_token.as_ref()
+    }
+}
+
 type Answer = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 
 /// Answers in flight per stream before reading pauses.
@@ -39,6 +46,7 @@ const ANSWERS_IN_FLIGHT_MAX: usize = 1024;
 pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let authed = Arc::new(AtomicBool::new(shared.config.token.is_none()));
+    let peer = Arc::new(AtomicBool::new(false));
     loop {
         let (send, recv) = tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -49,6 +57,7 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
             id,
             shared: shared.clone(),
             authed: authed.clone(),
+            peer: peer.clone(),
         };
         shared.tasks.spawn(stream.serve(send, recv));
     }
@@ -61,6 +70,8 @@ struct RequestStream {
     id: ConnId,
     shared: Arc<Shared>,
     authed: Arc<AtomicBool>,
+    /// This connection presented the gossip peer token.
+    peer: Arc<AtomicBool>,
 }
 
 fn error(req: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -141,12 +152,20 @@ impl RequestStream {
 
     async fn handle(&self, frame: Frame) -> Option<Answer> {
         if let Frame::Hello { req, token } = &frame {
-            let ok = self
+            let peer = self
                 .shared
-                .config
-                .token
-                .as_ref()
-                .is_none_or(|t| Some(t) == token.as_ref());
+                .peer_token()
+                .is_some_and(|t| Some(t) == token.as_ref());
+            if peer {
+                self.peer.store(true, Ordering::Relaxed);
+            }
+            let ok = peer
+                || self
+                    .shared
+                    .config
+                    .token
+                    .as_ref()
+                    .is_none_or(|t| Some(t) == token.as_ref());
             if ok {
                 self.authed.store(true, Ordering::Relaxed);
                 return Some(now(Frame::Ok { req: *req }));
@@ -175,6 +194,7 @@ impl RequestStream {
                     .ask(|reply| Input::Subscribe {
                         conn,
                         sub: new,
+                        filter_source: s.filter.clone(),
                         reply,
                     })
                     .await;
@@ -222,6 +242,7 @@ impl RequestStream {
                 })
             }
             Frame::SetFilter { req, sub, filter } => {
+                let source = filter.clone();
                 let filter = match Filter::parse(&filter) {
                     Ok(f) => f,
                     Err(e) => {
@@ -237,6 +258,7 @@ impl RequestStream {
                         conn,
                         id: sub,
                         filter,
+                        source,
                         reply,
                     })
                     .await;
@@ -278,6 +300,15 @@ impl RequestStream {
                 if self.shared.isolated.load(Ordering::Relaxed) =>
             {
                 return None;
+            }
+            Frame::Swim { .. } | Frame::Gossip { .. } | Frame::Forward { .. }
+                if self.shared.peer_token().is_some() && !self.peer.load(Ordering::Relaxed) =>
+            {
+                return Some(now(error(
+                    None,
+                    ErrorCode::Unauthorized,
+                    "node-to-node frames need the peer token",
+                )));
             }
             Frame::Swim { data } => {
                 let Some(mesh) = &self.shared.mesh else {

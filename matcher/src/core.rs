@@ -59,6 +59,8 @@ pub(crate) enum Input {
     Subscribe {
         conn: ConnId,
         sub: NewSubscription,
+        /// The filter as the client wrote it (what gossip replicates).
+        filter_source: String,
         reply: oneshot::Sender<Result<(u64, Arc<DeliveryQueue>), Refusal>>,
     },
     Unsubscribe {
@@ -75,6 +77,7 @@ pub(crate) enum Input {
         conn: ConnId,
         id: SubscriptionId,
         filter: Filter,
+        source: String,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
     Publish {
@@ -192,13 +195,24 @@ pub(crate) struct GossipSetup {
     pub(crate) mesh: mpsc::Sender<MeshCmd>,
 }
 
+/// Another node's subscription held in the engine here.
+#[derive(Clone, Copy, Debug)]
+struct Replica {
+    home: NodeId,
+    version: u64,
+    since: u64,
+}
+
 /// A gossip node's replication state.
 struct Replication {
     id: NodeId,
     machine: Gossip<SubRecord>,
     peers: Vec<NodeId>,
-    /// Subscriptions of other nodes held in the engine: their home node and version.
-    remote: HashMap<SubscriptionId, (NodeId, u64)>,
+    /// Subscriptions of other nodes held in the engine.
+    remote: HashMap<SubscriptionId, Replica>,
+    /// Other nodes' records for ids held here locally (a client that moved here): installed
+    /// if the local subscription goes.
+    shadowed: HashMap<SubscriptionId, Update<SubRecord>>,
     /// This node's subscriptions as announced (to announce renewals and new filters).
     local: HashMap<SubscriptionId, SubRecord>,
     mesh: mpsc::Sender<MeshCmd>,
@@ -271,6 +285,7 @@ impl Core {
                     machine: Gossip::new(setup.id, machine_config),
                     peers: Vec::new(),
                     remote: HashMap::new(),
+                    shadowed: HashMap::new(),
                     local: HashMap::new(),
                     mesh: setup.mesh,
                     period: setup.config.period,
@@ -407,14 +422,27 @@ impl Core {
                 set.remove(&id);
             }
             self.originate(id, None);
+            // Another node's record for the same id waited behind the local one.
+            if let Some(shadowed) = self
+                .gossip
+                .as_deref_mut()
+                .and_then(|g| g.shadowed.remove(&id))
+            {
+                self.apply_remote(shadowed);
+            }
         }
     }
 
     fn handle(&mut self, msg: Input) {
         // A dropped reply means the requester went away; nothing to undo.
         match msg {
-            Input::Subscribe { conn, sub, reply } => {
-                let _ = reply.send(self.subscribe(conn, sub));
+            Input::Subscribe {
+                conn,
+                sub,
+                filter_source,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(conn, sub, filter_source));
             }
             Input::Unsubscribe { conn, id, reply } => {
                 let _ = reply.send(
@@ -440,6 +468,7 @@ impl Core {
                 conn,
                 id,
                 filter,
+                source,
                 reply,
             } => {
                 let result = self.own(conn, id).and_then(|_| {
@@ -448,7 +477,7 @@ impl Core {
                         .map_err(|e: SetFilterError| Refusal::new(e.code(), e.to_string()))
                 });
                 if result.is_ok() {
-                    self.reannounce(id, |r| r.filter = filter.to_string());
+                    self.reannounce(id, |r| r.filter = source);
                 }
                 let _ = reply.send(result);
             }
@@ -519,6 +548,7 @@ impl Core {
         &mut self,
         conn: ConnId,
         sub: NewSubscription,
+        filter_source: String,
     ) -> Result<(u64, Arc<DeliveryQueue>), Refusal> {
         let topic = sub.pattern.as_topic();
         match &topic {
@@ -551,23 +581,42 @@ impl Core {
         }
         let (id, mode) = (sub.id, sub.mode);
         let now = self.now();
-        let record = self.gossip.as_ref().map(|_| SubRecord {
+        let record = self.gossip.as_ref().map(|g| SubRecord {
             pattern: sub.pattern.as_str().to_owned(),
-            filter: sub.filter.to_string(),
+            filter: filter_source,
             group: sub.group.clone(),
             mode,
             deadline_unix_ms: 0,
+            // A subscription renewed from a new connection keeps its place in the order.
+            since_unix_ms: g.local.get(&id).map_or_else(unix_ms, |r| r.since_unix_ms),
         });
         if let Some(g) = self.gossip.as_deref_mut() {
             // Another node's copy with the same id (the client moved here): the local one
-            // replaces it.
-            if g.remote.remove(&id).is_some() {
+            // replaces it, and the copy waits in `shadowed` in case the local one goes.
+            if let Some(copy) = g.remote.remove(&id) {
                 let _ = self.engine.unsubscribe(id);
+                if let Some((version, Some(body))) = g.machine.get(copy.home, id.0) {
+                    let update = Update {
+                        origin: copy.home,
+                        key: id.0,
+                        version,
+                        body: Some(body.clone()),
+                    };
+                    g.shadowed.insert(id, update);
+                }
             }
         }
-        self.engine
-            .subscribe(now, sub)
-            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        if let Err(e) = self.engine.subscribe(now, sub) {
+            // Refused: the copy it would have replaced comes back.
+            if let Some(copy) = self
+                .gossip
+                .as_deref_mut()
+                .and_then(|g| g.shadowed.remove(&id))
+            {
+                self.apply_remote(copy);
+            }
+            return Err(Refusal::new(e.code(), e.to_string()));
+        }
         let deadline = self.engine.get(id).map_or(now, |i| i.deadline);
         if let Some(mut record) = record {
             record.deadline_unix_ms = unix_ms() + deadline.0.saturating_sub(now.0);
@@ -620,8 +669,11 @@ impl Core {
             for m in &matches {
                 if self.subs.contains_key(&m.id) {
                     self.deliver(now, m.id, &encoded);
-                } else if let Some(&(home, _)) =
-                    self.gossip.as_ref().and_then(|g| g.remote.get(&m.id))
+                } else if let Some(home) = self
+                    .gossip
+                    .as_ref()
+                    .and_then(|g| g.remote.get(&m.id))
+                    .map(|c| c.home)
                 {
                     match forwards.iter_mut().find(|(n, _)| *n == home) {
                         Some((_, subs)) => subs.push(m.id),
@@ -660,7 +712,6 @@ impl Core {
                 return;
             }
         };
-        self.stats.published += 1;
         for &id in subs {
             self.deliver(now, id, &encoded);
         }
@@ -735,17 +786,50 @@ impl Core {
     /// Gossip mode: another node's subscription changed.
     fn apply_remote(&mut self, update: Update<SubRecord>) {
         let id = SubscriptionId(update.key);
-        if self.subs.contains_key(&id) {
-            // Held here for a local client: that one wins.
-            return;
-        }
         let now = self.now();
         let Some(g) = self.gossip.as_deref_mut() else {
             return;
         };
-        if let Some(&(home, _)) = g.remote.get(&id) {
-            if home != update.origin && update.body.is_none() {
-                return;
+        if self.subs.contains_key(&id) {
+            // Held here for a local client: that one wins; keep the record in case it goes.
+            match &update.body {
+                Some(_) => {
+                    g.shadowed.insert(id, update);
+                }
+                None => {
+                    if g.shadowed
+                        .get(&id)
+                        .is_some_and(|s| s.origin == update.origin)
+                    {
+                        g.shadowed.remove(&id);
+                    }
+                }
+            }
+            return;
+        }
+        let remaining = update.body.as_ref().map_or(0, |r| {
+            r.deadline_unix_ms
+                .saturating_add(g.grace_ms)
+                .saturating_sub(unix_ms())
+                .min(sift_protocol::limits::LEASE_MAX_MS)
+        });
+        if let Some(copy) = g.remote.get(&id).copied() {
+            if copy.home != update.origin {
+                // Two homes claim this id (its client moved): the later subscription wins,
+                // and the loser is dropped from the store so this node does not pass it on.
+                let incoming = update
+                    .body
+                    .as_ref()
+                    .map(|r| (r.since_unix_ms, update.origin));
+                match incoming {
+                    Some(order) if remaining > 0 && order > (copy.since, copy.home) => {
+                        g.machine.retire(copy.home, id.0, copy.version);
+                    }
+                    _ => {
+                        g.machine.retire(update.origin, update.key, update.version);
+                        return;
+                    }
+                }
             }
             g.remote.remove(&id);
             let _ = self.engine.unsubscribe(id);
@@ -753,7 +837,6 @@ impl Core {
         let Some(record) = update.body else {
             return;
         };
-        let remaining = (record.deadline_unix_ms + g.grace_ms).saturating_sub(unix_ms());
         if remaining == 0 {
             g.machine.retire(update.origin, update.key, update.version);
             return;
@@ -767,10 +850,16 @@ impl Core {
         };
         match self.engine.subscribe(now, sub) {
             Ok(()) => {
-                g.remote.insert(id, (update.origin, update.version));
+                let copy = Replica {
+                    home: update.origin,
+                    version: update.version,
+                    since: record.since_unix_ms,
+                };
+                g.remote.insert(id, copy);
             }
             Err(e) => {
                 warn!(sub = %id, node = update.origin, error = %e, "cannot hold a replicated subscription");
+                g.machine.retire(update.origin, update.key, update.version);
             }
         }
     }
@@ -778,8 +867,8 @@ impl Core {
     /// Gossip mode: another node's subscription lapsed here.
     fn drop_remote(&mut self, id: SubscriptionId) {
         if let Some(g) = self.gossip.as_deref_mut() {
-            if let Some((home, version)) = g.remote.remove(&id) {
-                g.machine.retire(home, id.0, version);
+            if let Some(copy) = g.remote.remove(&id) {
+                g.machine.retire(copy.home, id.0, copy.version);
             }
         }
     }

@@ -36,6 +36,8 @@ const CORE_QUEUE_LEN_MAX: usize = 4096;
 /// Bound of the queue into a gossip node's mesh task (gossip messages and forwarded events
 /// on their way to peers; past it they are dropped and counted as `peer_dropped`).
 const MESH_QUEUE_LEN_MAX: usize = 65_536;
+/// Bound of the mesh task's control queue (membership packets and timers, read first).
+const MESH_CONTROL_QUEUE_LEN_MAX: usize = 4096;
 
 /// A running matcher.
 pub struct Matcher {
@@ -99,6 +101,7 @@ impl Matcher {
         let gossip = match (&config.gossip, &coordinator_tls) {
             (Some(g), Some(tls)) => {
                 let (tx, rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
+                let (control_tx, control_rx) = mpsc::channel(MESH_CONTROL_QUEUE_LEN_MAX);
                 let id: u64 = rand::random();
                 let advertised: SocketAddr = me.addr.parse().map_err(|_| {
                     std::io::Error::new(
@@ -119,17 +122,19 @@ impl Matcher {
                     seeds: g.seeds.clone(),
                     endpoint: client_endpoint(tls.clone())?,
                     server_name: g.server_name.clone(),
-                    token: g.peer_token.clone(),
+                    // Peers present the peer token, or else the clients' one (if any).
+                    token: g.peer_token.clone().or_else(|| config.token.clone()),
                     probe_period: g.probe_period,
                     max_frame_bytes: config.limits.frame_bytes_max,
                     core: core_tx.clone(),
-                    tx: tx.clone(),
+                    control_tx: control_tx.clone(),
+                    control_rx,
                     rx,
                     tasks: tasks.clone(),
                     isolated: isolated.clone(),
                 };
                 tasks.spawn(mesh.run(cancel.clone()).instrument(span.clone()));
-                mesh_tx = Some(tx.clone());
+                mesh_tx = Some(control_tx);
                 Some(crate::core::GossipSetup {
                     id,
                     config: g.clone(),

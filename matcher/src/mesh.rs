@@ -2,10 +2,11 @@
 //!
 //! The mesh task owns the membership state machine and the links; the core task owns the
 //! dissemination state machine and hands it messages to send (`MeshCmd::Send`). Membership
-//! packets, gossip messages and forwarded events all travel as frames on one stream per link
-//! (`Frame::Swim`, `Frame::Gossip`, `Frame::Forward`); a node's own server accepts them like
-//! any request stream. Links are one-way: a node sends on its own link to a peer and
-//! receives on the peer's link to it.
+//! packets travel on one stream of a link and gossip messages and forwarded events on
+//! another (`Frame::Swim`; `Frame::Gossip`, `Frame::Forward`), so a busy core never holds up
+//! membership; the mesh task also reads membership input on its own channel, ahead of data.
+//! A node's own server accepts these streams like any request stream. Links are one-way: a
+//! node sends on its own link to a peer and receives on the peer's link to it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +32,8 @@ use tracing::{debug, info, warn};
 
 use crate::core::Input;
 
-/// What the mesh task is asked to do.
+/// What the mesh task is asked to do. `Send` comes from the core on the data channel;
+/// `Swim` and `Timer` on the control channel, which the mesh reads first.
 pub(crate) enum MeshCmd {
     /// Send a frame to a member.
     Send { to: NodeId, frame: Frame },
@@ -70,11 +72,15 @@ impl Identity for PeerId {
     }
 }
 
-/// Frames queued per link before new ones are dropped (gossip tolerates loss; anti-entropy
-/// repairs it).
+/// Data frames queued per link before new ones are dropped (gossip tolerates loss;
+/// anti-entropy repairs it).
 const LINK_QUEUE_LEN: usize = 16_384;
+/// Membership packets queued per link.
+const LINK_SWIM_QUEUE_LEN: usize = 256;
 /// How often to announce to the seeds while no other member is known.
 const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
+/// How long a link waits for a connection or a stream.
+const LINK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Mesh {
     pub(crate) me: PeerId,
@@ -85,17 +91,26 @@ pub(crate) struct Mesh {
     pub(crate) probe_period: Duration,
     pub(crate) max_frame_bytes: usize,
     pub(crate) core: mpsc::Sender<Input>,
-    pub(crate) tx: mpsc::Sender<MeshCmd>,
+    /// Control input (membership packets, timers): read before data.
+    pub(crate) control_tx: mpsc::Sender<MeshCmd>,
+    pub(crate) control_rx: mpsc::Receiver<MeshCmd>,
+    /// Data input from the core (frames to send).
     pub(crate) rx: mpsc::Receiver<MeshCmd>,
     pub(crate) tasks: TaskTracker,
     pub(crate) isolated: Arc<AtomicBool>,
+}
+
+/// The sending ends of one link.
+struct LinkTx {
+    swim: mpsc::Sender<Frame>,
+    data: mpsc::Sender<Frame>,
 }
 
 struct State {
     foca: Foca<PeerId, PostcardCodec, StdRng, NoCustomBroadcast>,
     runtime: AccumulatingRuntime<PeerId>,
     members: HashMap<NodeId, SocketAddr>,
-    links: HashMap<SocketAddr, mpsc::Sender<Frame>>,
+    links: HashMap<SocketAddr, LinkTx>,
 }
 
 impl Mesh {
@@ -108,7 +123,6 @@ impl Mesh {
             num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
         });
         config.suspect_to_down_after = self.probe_period * 4;
-        config.remove_down_after = Duration::from_secs(60);
         let rng = StdRng::from_rng(&mut rand::rng());
         let mut state = State {
             foca: Foca::new(self.me.clone(), config, rng, PostcardCodec),
@@ -121,7 +135,12 @@ impl Mesh {
         info!(id = self.me.id, addr = %self.me.addr, seeds = self.seeds.len(), "gossip node joining");
         loop {
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
+                cmd = self.control_rx.recv() => match cmd {
+                    Some(cmd) => self.handle(&mut state, cmd),
+                    None => break,
+                },
                 _ = announce.tick() => {
                     if state.members.is_empty() {
                         for &seed in &self.seeds {
@@ -135,32 +154,38 @@ impl Mesh {
                         }
                     }
                 }
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    match cmd {
-                        MeshCmd::Send { to, frame } => {
-                            if let Some(&addr) = state.members.get(&to) {
-                                self.send(&mut state, addr, frame);
-                            }
-                        }
-                        MeshCmd::Swim(data) => {
-                            if let Err(e) = state.foca.handle_data(&data, &mut state.runtime) {
-                                debug!(error = %e, "bad membership packet");
-                            }
-                        }
-                        MeshCmd::Timer(timer) => {
-                            if let Err(e) = state.foca.handle_timer(timer, &mut state.runtime) {
-                                debug!(error = %e, "membership timer");
-                            }
-                        }
-                    }
-                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(&mut state, cmd),
+                    None => break,
+                },
             }
             self.drain(&mut state, &cancel).await;
         }
         let _ = state.foca.leave_cluster(&mut state.runtime);
         while let Some((to, data)) = state.runtime.to_send() {
             self.send(&mut state, to.addr, Frame::Swim { data });
+        }
+        // Dropping the links' senders ends them once they have written what they hold.
+        state.links.clear();
+    }
+
+    fn handle(&self, state: &mut State, cmd: MeshCmd) {
+        match cmd {
+            MeshCmd::Send { to, frame } => {
+                if let Some(&addr) = state.members.get(&to) {
+                    self.send(state, addr, frame);
+                }
+            }
+            MeshCmd::Swim(data) => {
+                if let Err(e) = state.foca.handle_data(&data, &mut state.runtime) {
+                    debug!(error = %e, "bad membership packet");
+                }
+            }
+            MeshCmd::Timer(timer) => {
+                if let Err(e) = state.foca.handle_timer(timer, &mut state.runtime) {
+                    debug!(error = %e, "membership timer");
+                }
+            }
         }
     }
 
@@ -170,7 +195,7 @@ impl Mesh {
             self.send(state, to.addr, Frame::Swim { data });
         }
         while let Some((after, timer)) = state.runtime.to_schedule() {
-            let tx = self.tx.clone();
+            let tx = self.control_tx.clone();
             let cancel = cancel.clone();
             self.tasks.spawn(async move {
                 tokio::select! {
@@ -195,7 +220,9 @@ impl Mesh {
                     }
                     changed = true;
                 }
-                OwnedNotification::Rename(old, new) => {
+                // Only an active member's new identity is a member (foca also renames
+                // identities that are down).
+                OwnedNotification::Rename(old, new) if state.members.contains_key(&old.id) => {
                     state.members.remove(&old.id);
                     state.members.insert(new.id, new.addr);
                     changed = true;
@@ -217,7 +244,8 @@ impl Mesh {
             return;
         }
         let link = state.links.entry(addr).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(LINK_QUEUE_LEN);
+            let (swim, swim_rx) = mpsc::channel(LINK_SWIM_QUEUE_LEN);
+            let (data, data_rx) = mpsc::channel(LINK_QUEUE_LEN);
             let link = Link {
                 endpoint: self.endpoint.clone(),
                 addr,
@@ -225,17 +253,23 @@ impl Mesh {
                 token: self.token.clone(),
                 max_frame_bytes: self.max_frame_bytes,
             };
-            self.tasks.spawn(link.run(rx));
-            tx
+            self.tasks.spawn(link.run(swim_rx, data_rx));
+            LinkTx { swim, data }
         });
-        if link.try_send(frame).is_err() {
+        let queue = if matches!(frame, Frame::Swim { .. }) {
+            &link.swim
+        } else {
+            &link.data
+        };
+        if queue.try_send(frame).is_err() {
             debug!(peer = %addr, "link queue full; frame dropped");
         }
     }
 }
 
-/// One outgoing link to a peer: a QUIC connection and one stream of frames, re-established
-/// with backoff while there is something to send. Ends when the mesh drops its sender.
+/// One outgoing link to a peer: a QUIC connection with a stream for membership packets and
+/// one for data, re-established with backoff while there is something to send. Ends when the
+/// mesh drops its senders.
 struct Link {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -244,85 +278,127 @@ struct Link {
     max_frame_bytes: usize,
 }
 
+/// A link's two streams.
+struct Streams {
+    conn: quinn::Connection,
+    swim: FrameWriter,
+    data: FrameWriter,
+}
+
 impl Link {
-    async fn run(self, mut rx: mpsc::Receiver<Frame>) {
+    async fn run(self, mut swim_rx: mpsc::Receiver<Frame>, mut data_rx: mpsc::Receiver<Frame>) {
         let mut backoff = Duration::from_millis(100);
         let mut pending: Option<Frame> = None;
         loop {
             if pending.is_none() {
-                pending = match rx.recv().await {
-                    Some(f) => Some(f),
-                    None => return,
+                pending = tokio::select! {
+                    biased;
+                    f = swim_rx.recv() => f,
+                    f = data_rx.recv() => f,
                 };
-            }
-            match self.connect().await {
-                Ok((conn, mut writer)) => {
-                    backoff = Duration::from_millis(100);
-                    loop {
-                        let Some(frame) = pending.take() else { break };
-                        if writer.push(&frame).is_err() {
-                            // Not encodable: drop it, keep the link.
-                            debug!(peer = %self.addr, "frame not encodable; dropped");
-                        }
-                        while let Ok(more) = rx.try_recv() {
-                            let _ = writer.push(&more);
-                        }
-                        if writer.flush().await.is_err() {
-                            break;
-                        }
-                        pending = match rx.recv().await {
-                            Some(f) => Some(f),
-                            None => {
-                                let _ = writer.finish().await;
-                                conn.close(0u32.into(), b"done");
-                                return;
-                            }
-                        };
-                    }
-                    conn.close(0u32.into(), b"reconnect");
+                if pending.is_none() {
+                    return;
                 }
+            }
+            let mut streams = match self.connect().await {
+                Ok(s) => s,
                 Err(e) => {
                     debug!(peer = %self.addr, error = %e, "gossip link down");
-                    // What queued while the peer was unreachable is stale; anti-entropy
-                    // catches up.
+                    // What queued while the peer was unreachable is stale; anti-entropy and
+                    // membership catch up.
                     pending = None;
-                    while rx.try_recv().is_ok() {}
+                    while swim_rx.try_recv().is_ok() {}
+                    while data_rx.try_recv().is_ok() {}
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                if let Some(frame) = pending.take() {
+                    let writer = if matches!(frame, Frame::Swim { .. }) {
+                        &mut streams.swim
+                    } else {
+                        &mut streams.data
+                    };
+                    if writer.push(&frame).is_err() {
+                        debug!(peer = %self.addr, "frame not encodable; dropped");
+                    }
+                }
+                while let Ok(f) = swim_rx.try_recv() {
+                    let _ = streams.swim.push(&f);
+                }
+                while let Ok(f) = data_rx.try_recv() {
+                    if streams.data.push(&f).is_err() {
+                        debug!(peer = %self.addr, "frame not encodable; dropped");
+                    }
+                }
+                let flushed = tokio::time::timeout(LINK_CONNECT_TIMEOUT, async {
+                    streams.swim.flush().await?;
+                    streams.data.flush().await
+                })
+                .await;
+                if !matches!(flushed, Ok(Ok(()))) {
+                    break;
+                }
+                pending = tokio::select! {
+                    biased;
+                    f = swim_rx.recv() => f,
+                    f = data_rx.recv() => f,
+                };
+                if pending.is_none() {
+                    let _ = streams.swim.finish().await;
+                    let _ = streams.data.finish().await;
+                    streams.conn.close(0u32.into(), b"done");
+                    return;
                 }
             }
+            streams.conn.close(0u32.into(), b"reconnect");
         }
     }
 
-    async fn connect(&self) -> Result<(quinn::Connection, FrameWriter), String> {
-        let connecting = self
-            .endpoint
-            .connect(self.addr, &self.server_name)
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
+    async fn connect(&self) -> Result<Streams, String> {
+        tokio::time::timeout(LINK_CONNECT_TIMEOUT, self.open())
             .await
             .map_err(|_| "connect timed out".to_string())?
+    }
+
+    async fn open(&self) -> Result<Streams, String> {
+        let conn = self
+            .endpoint
+            .connect(self.addr, &self.server_name)
+            .map_err(|e| e.to_string())?
+            .await
             .map_err(|e| e.to_string())?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let mut writer = FrameWriter::new(send, self.max_frame_bytes);
-        if self.token.is_some() {
-            writer
-                .push(&Frame::Hello {
-                    req: 1,
-                    token: self.token.clone(),
-                })
-                .map_err(|e| e.to_string())?;
-        }
-        // The peer only answers the Hello (and errors); read them so its stream never blocks.
-        let mut reader = FrameReader::new(recv, self.max_frame_bytes);
-        let peer = self.addr;
-        tokio::spawn(async move {
-            while let Ok(Some(frame)) = reader.next().await {
-                if let Frame::Error(e) = frame {
-                    debug!(%peer, code = ?e.code, message = %e.message, "peer refused a gossip frame");
-                }
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let mut writer = FrameWriter::new(send, self.max_frame_bytes);
+            if self.token.is_some() {
+                // Every stream says who it is (a peer's streams are served one by one).
+                writer
+                    .push(&Frame::Hello {
+                        req: 1,
+                        token: self.token.clone(),
+                    })
+                    .map_err(|e| e.to_string())?;
             }
-        });
-        Ok((conn, writer))
+            // The peer only answers the Hello (and errors); read them so its stream never
+            // blocks.
+            let mut reader = FrameReader::new(recv, self.max_frame_bytes);
+            let peer = self.addr;
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = reader.next().await {
+                    if let Frame::Error(e) = frame {
+                        debug!(%peer, code = ?e.code, message = %e.message, "peer refused a gossip frame");
+                    }
+                }
+            });
+            streams.push(writer);
+        }
+        let data = streams.pop().ok_or("no stream")?;
+        let swim = streams.pop().ok_or("no stream")?;
+        Ok(Streams { conn, swim, data })
     }
 }

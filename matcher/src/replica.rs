@@ -21,6 +21,9 @@ pub(crate) struct SubRecord {
     /// When the subscription lapses unless renewed, Unix milliseconds on its home node's
     /// clock.
     pub deadline_unix_ms: u64,
+    /// When its home node took it (Unix ms). Two homes claiming one subscription id (a
+    /// client that moved) are ordered by this, then by node id: the later one wins.
+    pub since_unix_ms: u64,
 }
 
 impl WireSize for SubRecord {

@@ -197,6 +197,10 @@ pub struct MatcherArgs {
     /// Gossip: the TLS name on the peers' certificates. Default localhost.
     #[arg(long, env = "SIFT_PEER_NAME")]
     pub peer_name: Option<String>,
+    /// Gossip: the secret nodes present to each other; with it, only peers may send
+    /// membership, gossip and forwarded events (set it in production).
+    #[arg(long, env = "SIFT_PEER_TOKEN")]
+    pub peer_token: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -207,6 +211,7 @@ struct MatcherFile {
     strategy: Option<String>,
     gossip_period: Option<String>,
     peer_name: Option<String>,
+    peer_token: Option<String>,
     id: Option<String>,
     listen: Option<String>,
     advertise: Option<String>,
@@ -304,7 +309,7 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
         if let Some(n) = args.peer_name.or(f.peer_name) {
             g.server_name = n;
         }
-        g.peer_token = config.token.clone();
+        g.peer_token = args.peer_token.or(f.peer_token);
         config.gossip = Some(g);
         let ca_path = args
             .ca

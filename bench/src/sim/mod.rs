@@ -114,6 +114,9 @@ pub enum SimError {
     /// Churn is only modelled in rounds.
     #[error("churn is only simulated in rounds")]
     ChurnInContinuousTime,
+    /// A worker thread panicked (a bug).
+    #[error("a simulation worker failed")]
+    Worker,
 }
 
 /// What one trial measured.
@@ -176,8 +179,8 @@ pub struct SimReport {
     pub t_avg: f64,
     /// Last delivery.
     pub t_last: f64,
-    /// Rounds (continuous: periods) until the trial ended — every node reached, or the
-    /// strategy went quiet.
+    /// Rounds (continuous: periods) until the trial ended: nothing left to push (rumors
+    /// dead, relays delivered) and, with anti-entropy, every node reached.
     pub rounds_mean: f64,
     /// Median of the same over the trials.
     pub rounds_p50: f64,
@@ -224,7 +227,7 @@ pub fn simulate_trials(config: &SimConfig) -> Result<Vec<Trial>, SimError> {
         config.threads
     }
     .min(config.trials);
-    let mut trials: Vec<(usize, Result<Trial, SimError>)> = std::thread::scope(|scope| {
+    let trials: Result<Vec<Vec<Numbered>>, SimError> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
@@ -237,12 +240,16 @@ pub fn simulate_trials(config: &SimConfig) -> Result<Vec<Trial>, SimError> {
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .map(|h| h.join().map_err(|_| SimError::Worker))
             .collect()
     });
+    let mut trials: Vec<Numbered> = trials?.into_iter().flatten().collect();
     trials.sort_by_key(|(i, _)| *i);
     trials.into_iter().map(|(_, t)| t).collect()
 }
+
+/// A trial's number and outcome.
+type Numbered = (usize, Result<Trial, SimError>);
 
 /// Means over `trials` of `config`.
 pub fn summarise(config: &SimConfig, trials: &[Trial], wall_ms: u64) -> SimReport {
@@ -521,8 +528,11 @@ fn rounds(
                 }
             }
         }
-        if world.reached == n
-            || (next.is_empty() && config.strategy.anti_entropy.is_none() && !world.active())
+        // Done when nothing is left to push (rumors dead, relays delivered) and either
+        // everyone knows or nothing else will spread it (no anti-entropy).
+        if next.is_empty()
+            && !world.active()
+            && (world.reached == n || config.strategy.anti_entropy.is_none())
         {
             end = r;
             break;
@@ -627,17 +637,17 @@ fn continuous(
             in_flight += 1;
             push(&mut heap, at + latency, Event::Deliver(sender, s));
         }
-        if world.reached == n {
+        if world.reached == n && config.strategy.push.is_none() {
             end = at;
             break;
         }
-        // Quiet: no message in flight, no rumor left, no anti-entropy. Checked once a period.
-        if in_flight == 0
-            && config.strategy.anti_entropy.is_none()
-            && at >= checked_quiet_at + period
-        {
+        // Done when nothing is left to push (no rumor hot; without anti-entropy, nothing in
+        // flight either) and either everyone knows or nothing else will spread it. Checked
+        // once a period.
+        if at >= checked_quiet_at + period {
             checked_quiet_at = at;
-            if !world.active() {
+            let ae = config.strategy.anti_entropy.is_some();
+            if (in_flight == 0 || ae) && (world.reached == n || !ae) && !world.active() {
                 end = at;
                 break;
             }

@@ -81,7 +81,7 @@ impl Topology {
                 Ok(())
             }
             Topology::ErdosRenyi(p) => {
-                if !(p > 0.0 && p <= 1.0) {
+                if !(p > 0.0 && p <= 1.0) || (p < 1.0 && (-p).ln_1p() == 0.0) {
                     return Err(TopologyError::Probability(p));
                 }
                 let edges = (p * nodes as f64 * (nodes as f64 - 1.0) / 2.0) as u64;
@@ -117,7 +117,7 @@ impl Topology {
             Topology::ErdosRenyi(p) => {
                 // Geometric skips over the pairs (i, j), i < j: O(edges), not O(n²).
                 let n = nodes as u64;
-                let log_q = (1.0 - p).ln();
+                let log_q = (-p).ln_1p();
                 let (mut i, mut j) = (0u64, 0u64);
                 loop {
                     let skip = if p >= 1.0 {

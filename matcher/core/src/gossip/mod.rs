@@ -159,6 +159,11 @@ impl<P: WireSize> Message<P> {
     }
 }
 
+/// Estimated encoded size of one update.
+pub(crate) fn update_size<P: WireSize>(u: &Update<P>) -> usize {
+    3 * 9 + 2 + u.body.as_ref().map_or(1, WireSize::wire_size)
+}
+
 /// Size on the wire of an update body, for the simulator's byte counts.
 pub trait WireSize {
     /// Encoded size in bytes.
@@ -266,6 +271,9 @@ pub struct Config {
     pub tombstone_ttl: u64,
     /// At most this many updates per message (the rest goes in a later exchange).
     pub updates_per_message_max: usize,
+    /// At most about this many encoded bytes of updates per message (by [`WireSize`]); one
+    /// update alone may exceed it.
+    pub bytes_per_message_max: usize,
     /// Seed of this node's random choices.
     pub seed: u64,
 }
@@ -279,6 +287,7 @@ impl Config {
             anti_entropy_every: 1,
             tombstone_ttl: u64::MAX,
             updates_per_message_max: 4096,
+            bytes_per_message_max: 1 << 20,
             seed,
         }
     }
@@ -506,9 +515,7 @@ impl<P: Clone + WireSize> Gossip<P> {
                 summary.sort_unstable_by_key(|h| h.origin);
                 match mode {
                     AeMode::Pull | AeMode::PushPull => {
-                        let (updates, covered) =
-                            self.store
-                                .deltas(&summary, now, self.config.updates_per_message_max);
+                        let (updates, covered) = self.store.deltas(&summary, now, self.limits());
                         let request = (mode == AeMode::PushPull && self.store.behind(&summary))
                             .then(|| self.store.summary());
                         if !updates.is_empty() || !covered.is_empty() || request.is_some() {
@@ -553,9 +560,7 @@ impl<P: Clone + WireSize> Gossip<P> {
                 }
                 if let Some(mut theirs) = request {
                     theirs.sort_unstable_by_key(|h| h.origin);
-                    let (updates, covered) =
-                        self.store
-                            .deltas(&theirs, now, self.config.updates_per_message_max);
+                    let (updates, covered) = self.store.deltas(&theirs, now, self.limits());
                     if !updates.is_empty() || !covered.is_empty() {
                         self.send(
                             out,
@@ -594,14 +599,17 @@ impl<P: Clone + WireSize> Gossip<P> {
         match self.config.strategy.push {
             None => {}
             Some(Push::Flood) => {
+                let chunks = self.chunks(fresh.to_vec());
                 for i in 0..peers.len() {
                     let to = peers.get(i);
                     if to != from && to != self.me {
-                        let msg = Message::Push {
-                            updates: fresh.to_vec(),
-                            feedback: false,
-                        };
-                        self.send(out, to, msg, true);
+                        for chunk in &chunks {
+                            let msg = Message::Push {
+                                updates: chunk.clone(),
+                                feedback: false,
+                            };
+                            self.send(out, to, msg, true);
+                        }
                     }
                 }
             }
@@ -665,7 +673,9 @@ impl<P: Clone + WireSize> Gossip<P> {
             return;
         }
         let to = self.random_peer(peers);
-        self.send(out, to, Message::Push { updates, feedback }, false);
+        for updates in self.chunks(updates) {
+            self.send(out, to, Message::Push { updates, feedback }, false);
+        }
         if !feedback {
             // Blind: every contact counts as unnecessary.
             let ids: Vec<UpdateId> = self.hot.iter().map(|h| h.id).collect();
@@ -677,6 +687,7 @@ impl<P: Clone + WireSize> Gossip<P> {
         if let Some(Push::Rumor { k, loss, .. }) = self.config.strategy.push {
             self.lose_interest(known, k, loss);
             // The counter counts consecutive unnecessary contacts: a useful one resets it.
+            let news: hashbrown::HashSet<&UpdateId> = news.iter().collect();
             for h in &mut self.hot {
                 if news.contains(&h.id) {
                     h.count = 0;
@@ -686,6 +697,7 @@ impl<P: Clone + WireSize> Gossip<P> {
     }
 
     fn lose_interest(&mut self, ids: &[UpdateId], k: u32, loss: Loss) {
+        let ids: hashbrown::HashSet<&UpdateId> = ids.iter().collect();
         let rng = &mut self.rng;
         self.hot.retain_mut(|h| {
             if !ids.contains(&h.id) {
@@ -728,16 +740,47 @@ impl<P: Clone + WireSize> Gossip<P> {
         }
         self.hot.retain(|h| h.count > 0);
         for (to, updates) in batches {
-            self.send(
-                out,
-                to,
-                Message::Push {
-                    updates,
-                    feedback: false,
-                },
-                false,
-            );
+            for updates in self.chunks(updates) {
+                self.send(
+                    out,
+                    to,
+                    Message::Push {
+                        updates,
+                        feedback: false,
+                    },
+                    false,
+                );
+            }
         }
+    }
+
+    /// The per-message limits (updates, bytes).
+    fn limits(&self) -> (usize, usize) {
+        (
+            self.config.updates_per_message_max.max(1),
+            self.config.bytes_per_message_max,
+        )
+    }
+
+    /// `updates` split into messages within the per-message limits.
+    fn chunks(&self, updates: Vec<Update<P>>) -> Vec<Vec<Update<P>>> {
+        let (count_max, bytes_max) = self.limits();
+        let mut chunks = Vec::new();
+        let mut current = Vec::new();
+        let mut bytes = 0;
+        for u in updates {
+            let size = update_size(&u);
+            if !current.is_empty() && (current.len() >= count_max || bytes + size > bytes_max) {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += size;
+            current.push(u);
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        chunks
     }
 
     fn random_peer(&mut self, peers: &(impl PeerSet + ?Sized)) -> NodeId {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hashbrown::HashMap;
 
-use super::{Have, NodeId, Update};
+use super::{update_size, Have, NodeId, Update, WireSize};
 
 /// One held entry: the latest version of a key, live or tombstone.
 #[derive(Clone, Debug)]
@@ -85,7 +85,7 @@ pub(super) struct Store<P> {
     live: usize,
 }
 
-impl<P: Clone> Store<P> {
+impl<P: Clone + WireSize> Store<P> {
     pub fn new() -> Self {
         Store {
             origins: BTreeMap::new(),
@@ -115,7 +115,11 @@ impl<P: Clone> Store<P> {
                     before_now: held.learned < now || held.version > update.version,
                 };
             }
-            None if update.version <= o.upto => return Applied::Known { before_now: true },
+            // At or below the summary, or seen before and gone since (retired, collected):
+            // never taken back.
+            None if update.version <= o.upto || o.above.contains(&update.version) => {
+                return Applied::Known { before_now: true }
+            }
             _ => {}
         }
         o.mark_seen(update.version);
@@ -192,8 +196,14 @@ impl<P: Clone> Store<P> {
     /// oldest first, at most `cap` entries; and for each origin sent in full, the version up to
     /// which the peer will then hold everything this node holds (`Have::upto`). Entries learned
     /// at `now` are left for a later exchange (state as of the start of the instant).
-    pub fn deltas(&self, theirs: &[Have], now: u64, cap: usize) -> (Vec<Update<P>>, Vec<Have>) {
+    pub fn deltas(
+        &self,
+        theirs: &[Have],
+        now: u64,
+        (cap, bytes_cap): (usize, usize),
+    ) -> (Vec<Update<P>>, Vec<Have>) {
         let mut updates = Vec::new();
+        let mut bytes = 0usize;
         let mut covered = Vec::new();
         for (&origin, o) in &self.origins {
             let their_upto = match theirs.binary_search_by_key(&origin, |h| h.origin) {
@@ -205,7 +215,7 @@ impl<P: Clone> Store<P> {
             }
             let mut claim = o.upto;
             let mut full = true;
-            for (&version, key) in o.by_version.range(their_upto + 1..) {
+            for (&version, key) in o.by_version.range(their_upto.saturating_add(1)..) {
                 let Some(held) = o.entries.get(key) else {
                     continue;
                 };
@@ -213,17 +223,20 @@ impl<P: Clone> Store<P> {
                     claim = claim.min(version - 1);
                     continue;
                 }
-                if updates.len() >= cap {
-                    claim = claim.min(version - 1);
-                    full = false;
-                    break;
-                }
-                updates.push(Update {
+                let update = Update {
                     origin,
                     key: *key,
                     version,
                     body: held.body.clone(),
-                });
+                };
+                let size = update_size(&update);
+                if updates.len() >= cap || (!updates.is_empty() && bytes + size > bytes_cap) {
+                    claim = claim.min(version - 1);
+                    full = false;
+                    break;
+                }
+                bytes += size;
+                updates.push(update);
             }
             if claim > their_upto {
                 covered.push(Have {
