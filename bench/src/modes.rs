@@ -317,19 +317,29 @@ async fn connect(config: ClientConfig) -> Result<Client> {
 
 /// Sums a counter over the nodes (gossip nodes and matchers answer `StatsFetch`).
 async fn counter(running: &Running, name: &str) -> Result<u64> {
-    let mut total = 0;
+    Ok(counters(running).await?.0.get(name).copied().unwrap_or(0))
+}
+
+/// Every counter summed over the nodes, read in one pass, and when the pass was halfway.
+async fn counters(running: &Running) -> Result<(BTreeMap<String, u64>, Instant)> {
+    let mut clients = Vec::new();
     for &addr in &running.node_addrs {
         let mut c = running.config.clone();
         c.coordinator = addr;
-        let client = connect(c).await?;
-        let stats = client.node_stats().await.context("node stats")?;
-        client.close().await;
-        total += stats
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map_or(0, |(_, v)| v);
+        clients.push(connect(c).await?);
     }
-    Ok(total)
+    let started = Instant::now();
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for client in &clients {
+        for (k, v) in client.node_stats().await.context("node stats")? {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    let at = started + started.elapsed() / 2;
+    for client in clients {
+        client.close().await;
+    }
+    Ok((total, at))
 }
 
 async fn measure(
@@ -352,24 +362,24 @@ async fn measure(
         mode.name(),
         config.subscriptions
     ));
-    let idle_window = Duration::from_secs(1);
-    let sent0 = counter(&running, "gossip_sent").await?;
-    let bytes0 = counter(&running, "gossip_bytes").await?;
-    tokio::time::sleep(idle_window).await;
-    let sent1 = counter(&running, "gossip_sent").await?;
-    let bytes1 = counter(&running, "gossip_bytes").await?;
-    let idle_rate = (sent1 - sent0) as f64 / idle_window.as_secs_f64();
-    let idle_bytes_rate = (bytes1 - bytes0) as f64 / idle_window.as_secs_f64();
+    let get = |c: &BTreeMap<String, u64>, k: &str| c.get(k).copied().unwrap_or(0);
+    let (c0, t0) = counters(&running).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (c1, t1) = counters(&running).await?;
+    let idle_s = (t1 - t0).as_secs_f64();
+    let (sent1, bytes1) = (get(&c1, "gossip_sent"), get(&c1, "gossip_bytes"));
+    let idle_rate = sent1.saturating_sub(get(&c0, "gossip_sent")) as f64 / idle_s;
+    let idle_bytes_rate = bytes1.saturating_sub(get(&c0, "gossip_bytes")) as f64 / idle_s;
+    let remote_before = get(&c1, "remote_subscriptions");
     let rss0: Vec<u64> = running
         .node_pids()
         .iter()
         .map(|&p| rss_bytes(p).unwrap_or(0))
         .collect();
-    let load_started = Instant::now();
     let (loaders, loaded) = load_subscriptions(&running, mode, config.subscriptions).await?;
     let held = if mode == Mode::Gossip {
-        // Every node holds the others' subscriptions.
-        let want = (config.subscriptions - config.subscriptions / n) as u64 * n as u64;
+        // Every node holds the others' subscriptions (on top of what it held before).
+        let want = remote_before + (config.subscriptions * (n - 1)) as u64;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let remote = counter(&running, "remote_subscriptions").await?;
@@ -385,18 +395,19 @@ async fn measure(
     } else {
         config.subscriptions as f64 / n as f64
     };
-    let elapsed = load_started.elapsed().as_secs_f64();
-    let sent2 = counter(&running, "gossip_sent").await?;
-    let bytes2 = counter(&running, "gossip_bytes").await?;
+    let (c2, t2) = counters(&running).await?;
+    let elapsed = (t2 - t1).as_secs_f64();
+    let (sent2, bytes2) = (get(&c2, "gossip_sent"), get(&c2, "gossip_bytes"));
     let rss1: Vec<u64> = running
         .node_pids()
         .iter()
         .map(|&p| rss_bytes(p).unwrap_or(0))
         .collect();
     let s = config.subscriptions as f64;
-    let load_messages = sent2 - sent1;
+    let load_messages = sent2.saturating_sub(sent1);
     let load_idle_messages = idle_rate * elapsed;
-    let bytes_per_subscribe = ((bytes2 - bytes1) as f64 - idle_bytes_rate * elapsed).max(0.0) / s;
+    let bytes_per_subscribe =
+        (bytes2.saturating_sub(bytes1) as f64 - idle_bytes_rate * elapsed).max(0.0) / s;
     let rss_mib_per_node = rss1.iter().sum::<u64>() as f64 / n as f64 / (1024.0 * 1024.0);
     let growth: f64 = rss1
         .iter()
@@ -584,6 +595,7 @@ async fn kill_under_load(mut running: Running, mode: Mode) -> Result<KillOutcome
         }
         Mode::Gossip => n - 1,
     };
+    let remote_before = counter(&running, "remote_subscriptions").await?;
     let mut arrivals: Vec<Arrivals> = Vec::new();
     let mut subscribers = Vec::new();
     let mut readers = Vec::new();
@@ -605,7 +617,7 @@ async fn kill_under_load(mut running: Running, mode: Mode) -> Result<KillOutcome
     }
     if mode == Mode::Gossip {
         // Every node's copy is in place before the clock starts.
-        let want = (n as u64) * (n as u64 - 1);
+        let want = remote_before + (n as u64) * (n as u64 - 1);
         let deadline = Instant::now() + Duration::from_secs(20);
         while counter(&running, "remote_subscriptions").await? < want {
             if Instant::now() > deadline {
