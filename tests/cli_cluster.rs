@@ -3,45 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Stdio;
 use std::time::Duration;
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-fn sift(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sift"));
-    c.current_dir(dir)
-        .env_remove("SIFT_COORDINATOR")
-        .env_remove("SIFT_CA")
-        .env_remove("SIFT_DATA_DIR");
-    c
-}
-
-/// Lines of a child's stdout, read on a thread.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{lines, sift, Kill, LIMIT};
 
 #[test]
 fn dev_cluster_pub_sub_ring_admin() {

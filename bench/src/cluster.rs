@@ -22,6 +22,18 @@ pub struct Certs {
     pub key: PathBuf,
 }
 
+impl Certs {
+    /// Adds `--ca`, `--cert` and `--key` for these files to a server's command.
+    fn add_to(&self, cmd: &mut std::process::Command) {
+        cmd.arg("--ca")
+            .arg(&self.ca)
+            .arg("--cert")
+            .arg(&self.cert)
+            .arg("--key")
+            .arg(&self.key);
+    }
+}
+
 /// Generates a CA and a node certificate for loopback into `dir`.
 pub fn generate_certs(dir: &Path) -> Result<Certs> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -93,13 +105,8 @@ pub async fn start_cluster(
         let mut cmd = pinned(exe, cpus);
         cmd.args(["matcher", "--id", &format!("m{i}"), "--listen", &listen])
             .args(["--coordinator", &coordinator])
-            .arg("--ca")
-            .arg(&certs.ca)
-            .arg("--cert")
-            .arg(&certs.cert)
-            .arg("--key")
-            .arg(&certs.key)
             .env("RUST_LOG", "warn");
+        certs.add_to(&mut cmd);
         procs.push(ServerProcess::spawn(
             &format!("sift matcher m{i}"),
             cmd,
@@ -168,13 +175,8 @@ pub async fn start_gossip_cluster(
         ])
         .args(["--seeds", &first, "--strategy", strategy])
         .args(["--gossip-period", &format!("{}ms", period.as_millis())])
-        .arg("--ca")
-        .arg(&certs.ca)
-        .arg("--cert")
-        .arg(&certs.cert)
-        .arg("--key")
-        .arg(&certs.key)
         .env("RUST_LOG", "warn");
+        certs.add_to(&mut cmd);
         procs.push(ServerProcess::spawn(
             &format!("sift matcher --gossip g{i}"),
             cmd,

@@ -1,0 +1,46 @@
+//! Helpers for tests that run the `sift` binary as users do.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a child may take to come up or answer.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// The `sift` binary run in `dir`, with no cluster settings inherited from the environment.
+pub fn sift(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sift"));
+    c.current_dir(dir)
+        .env_remove("SIFT_COORDINATOR")
+        .env_remove("SIFT_CA")
+        .env_remove("SIFT_DATA_DIR");
+    c
+}
+
+/// Lines of a child's stdout, read on a thread.
+pub fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Kills the child when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
