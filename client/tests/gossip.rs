@@ -232,7 +232,12 @@ async fn a_killed_nodes_subscriptions_expire_everywhere() {
     // Node 1 goes away without a word about its subscriptions (no tombstones); the copies
     // lapse at their announced deadline plus the grace.
     g.kill(1).await;
-    g.wait(&[0, 2], |s, _| s.remote_subscriptions == 0).await;
+    // Out of the engines once membership notices, and gone altogether once the lease ran
+    // out.
+    g.wait(&[0, 2], |s, _| {
+        s.remote_subscriptions == 0 && s.suspended_subscriptions == 0
+    })
+    .await;
     // And membership notices.
     g.wait_all(|s, n| s.members + 1 == n).await;
     client.close().await;
@@ -443,6 +448,44 @@ async fn with_a_peer_token_only_peers_may_send_node_to_node_frames() {
         b"real"
     );
     client.close().await;
+    publisher.close().await;
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn once_membership_notices_a_dead_node_its_group_member_gets_nothing_more() {
+    let mut g = Gossip::start(3, |_| {}).await;
+    let doomed = g.client(1).await;
+    let survivor = g.client(2).await;
+    // Default leases (60 s): the copies of the dead node's subscription would linger that
+    // long; membership sets them aside as soon as it declares the node down.
+    let _lost = doomed.subscribe("work").group("w").start().await.unwrap();
+    let mut kept = survivor.subscribe("work").group("w").start().await.unwrap();
+    g.wait(&[0], |s, _| s.remote_subscriptions == 2).await;
+    g.kill(1).await;
+    g.wait(&[0], |s, _| {
+        s.remote_subscriptions == 1 && s.suspended_subscriptions == 1
+    })
+    .await;
+    let publisher = g.client(0).await;
+    const N: i64 = 50;
+    for i in 0..N {
+        publisher
+            .publish_acked(Message::new("work").attr("i", i).payload("w"))
+            .await
+            .unwrap();
+    }
+    // Every event goes to the member that is still there.
+    let mut seen = Vec::new();
+    bounded(async {
+        while seen.len() < N as usize {
+            seen.push(kept.next().await.unwrap().event.attrs["i"].clone());
+        }
+    })
+    .await;
+    assert_eq!(seen, (0..N).map(Value::Int).collect::<Vec<_>>());
+    doomed.close().await;
+    survivor.close().await;
     publisher.close().await;
     g.shutdown().await;
 }

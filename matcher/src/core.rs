@@ -151,6 +151,8 @@ pub struct MatcherStats {
     pub subscriptions: usize,
     /// Gossip mode: subscriptions of other nodes' clients held here for matching.
     pub remote_subscriptions: usize,
+    /// Gossip mode: copies set aside because their home node is down.
+    pub suspended_subscriptions: usize,
     /// Gossip mode: other nodes alive, as membership sees them.
     pub members: usize,
     /// Gossip mode: dissemination messages sent.
@@ -176,6 +178,10 @@ impl MatcherStats {
             ("slow_consumers", self.slow_consumers),
             ("subscriptions", self.subscriptions as u64),
             ("remote_subscriptions", self.remote_subscriptions as u64),
+            (
+                "suspended_subscriptions",
+                self.suspended_subscriptions as u64,
+            ),
             ("members", self.members as u64),
             ("gossip_sent", self.gossip_sent),
             ("gossip_bytes", self.gossip_bytes),
@@ -201,6 +207,8 @@ struct Replica {
     home: NodeId,
     version: u64,
     since: u64,
+    /// When it lapses unless renewed (Unix ms, grace included).
+    until: u64,
 }
 
 /// A gossip node's replication state.
@@ -213,6 +221,12 @@ struct Replication {
     /// Other nodes' records for ids held here locally (a client that moved here): installed
     /// if the local subscription goes.
     shadowed: HashMap<SubscriptionId, Update<SubRecord>>,
+    /// Copies whose home membership has declared down (or not yet seen): out of the engine
+    /// (nothing is forwarded to a dead node, no group picks a member there), back in if the
+    /// home comes back before they lapse.
+    suspended: HashMap<SubscriptionId, Replica>,
+    /// The nodes membership says are alive.
+    members: HashSet<NodeId>,
     /// This node's subscriptions as announced (to announce renewals and new filters).
     local: HashMap<SubscriptionId, SubRecord>,
     mesh: mpsc::Sender<MeshCmd>,
@@ -286,6 +300,8 @@ impl Core {
                     peers: Vec::new(),
                     remote: HashMap::new(),
                     shadowed: HashMap::new(),
+                    suspended: HashMap::new(),
+                    members: HashSet::new(),
                     local: HashMap::new(),
                     mesh: setup.mesh,
                     period: setup.config.period,
@@ -375,6 +391,7 @@ impl Core {
                 g.machine.tick(now.0, &g.peers, &mut g.effects);
                 g.next_tick = Instant::now() + g.period;
                 self.gossip_flush();
+                self.expire_suspended();
             }
         }
         if self.redeliver_at.is_some_and(|at| at <= Instant::now()) {
@@ -504,6 +521,7 @@ impl Core {
                 stats.subscriptions = self.subs.len();
                 if let Some(g) = &self.gossip {
                     stats.remote_subscriptions = g.remote.len();
+                    stats.suspended_subscriptions = g.suspended.len();
                     stats.members = g.peers.len();
                 }
                 let _ = reply.send(stats);
@@ -517,12 +535,7 @@ impl Core {
                 }
             }
             Input::Forwarded { subs, event } => self.forwarded(&subs, &event),
-            Input::Members(peers) => {
-                if let Some(g) = self.gossip.as_deref_mut() {
-                    info!(members = peers.len(), "gossip membership changed");
-                    g.peers = peers;
-                }
-            }
+            Input::Members(peers) => self.members_changed(peers),
             Input::RingNow { reply } => {
                 let ring = Ring {
                     version: self.placement.version(),
@@ -813,7 +826,12 @@ impl Core {
                 .saturating_sub(unix_ms())
                 .min(sift_protocol::limits::LEASE_MAX_MS)
         });
-        if let Some(copy) = g.remote.get(&id).copied() {
+        if let Some(copy) = g
+            .remote
+            .get(&id)
+            .copied()
+            .or_else(|| g.suspended.get(&id).copied())
+        {
             if copy.home != update.origin {
                 // Two homes claim this id (its client moved): the later subscription wins,
                 // and the loser is dropped from the store so this node does not pass it on.
@@ -831,14 +849,26 @@ impl Core {
                     }
                 }
             }
-            g.remote.remove(&id);
-            let _ = self.engine.unsubscribe(id);
+            if g.remote.remove(&id).is_some() {
+                let _ = self.engine.unsubscribe(id);
+            }
+            g.suspended.remove(&id);
         }
         let Some(record) = update.body else {
             return;
         };
         if remaining == 0 {
             g.machine.retire(update.origin, update.key, update.version);
+            return;
+        }
+        let copy = Replica {
+            home: update.origin,
+            version: update.version,
+            since: record.since_unix_ms,
+            until: unix_ms().saturating_add(remaining),
+        };
+        if !g.members.contains(&update.origin) {
+            g.suspended.insert(id, copy);
             return;
         }
         let sub = match record.to_subscription(id, remaining) {
@@ -850,17 +880,74 @@ impl Core {
         };
         match self.engine.subscribe(now, sub) {
             Ok(()) => {
-                let copy = Replica {
-                    home: update.origin,
-                    version: update.version,
-                    since: record.since_unix_ms,
-                };
                 g.remote.insert(id, copy);
             }
             Err(e) => {
                 warn!(sub = %id, node = update.origin, error = %e, "cannot hold a replicated subscription");
                 g.machine.retire(update.origin, update.key, update.version);
             }
+        }
+    }
+
+    /// Gossip mode: membership changed. Copies of nodes now down leave the engine (kept aside
+    /// until they lapse); copies of nodes back up return.
+    fn members_changed(&mut self, peers: Vec<NodeId>) {
+        let Some(g) = self.gossip.as_deref_mut() else {
+            return;
+        };
+        info!(members = peers.len(), "gossip membership changed");
+        g.members = peers.iter().copied().collect();
+        g.peers = peers;
+        let gone: Vec<SubscriptionId> = g
+            .remote
+            .iter()
+            .filter(|(_, c)| !g.members.contains(&c.home))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(copy) = g.remote.remove(&id) {
+                let _ = self.engine.unsubscribe(id);
+                g.suspended.insert(id, copy);
+            }
+        }
+        let back: Vec<(SubscriptionId, Replica)> = g
+            .suspended
+            .iter()
+            .filter(|(_, c)| g.members.contains(&c.home))
+            .map(|(id, c)| (*id, *c))
+            .collect();
+        let mut reinstall = Vec::new();
+        for (id, copy) in back {
+            g.suspended.remove(&id);
+            if let Some((version, Some(body))) = g.machine.get(copy.home, id.0) {
+                reinstall.push(Update {
+                    origin: copy.home,
+                    key: id.0,
+                    version,
+                    body: Some(body.clone()),
+                });
+            }
+        }
+        for update in reinstall {
+            self.apply_remote(update);
+        }
+    }
+
+    /// Gossip mode: set-aside copies whose lease ran out are forgotten.
+    fn expire_suspended(&mut self) {
+        let Some(g) = self.gossip.as_deref_mut() else {
+            return;
+        };
+        let now = unix_ms();
+        let lapsed: Vec<(SubscriptionId, Replica)> = g
+            .suspended
+            .iter()
+            .filter(|(_, c)| c.until <= now)
+            .map(|(id, c)| (*id, *c))
+            .collect();
+        for (id, copy) in lapsed {
+            g.suspended.remove(&id);
+            g.machine.retire(copy.home, id.0, copy.version);
         }
     }
 
