@@ -489,3 +489,39 @@ async fn once_membership_notices_a_dead_node_its_group_member_gets_nothing_more(
     publisher.close().await;
     g.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_set_filter_no_node_delivers_by_the_old_filter() {
+    let g = Gossip::start(2, |_| {}).await;
+    let client = g.client(0).await;
+    let mut sub = client
+        .subscribe("sf")
+        .filter("x == 1")
+        .start()
+        .await
+        .unwrap();
+    g.wait(&[1], |s, _| s.remote_subscriptions == 1).await;
+    let publisher = g.client(1).await;
+    sub.set_filter("x == 2").await.unwrap();
+    // Node 1 may still hold the old filter for a moment and forward x == 1 events; the home
+    // node checks them against the current filter. Publish both until an x == 2 arrives.
+    let got = bounded(async {
+        loop {
+            for x in [1, 2] {
+                publisher
+                    .publish_acked(Message::new("sf").attr("x", x))
+                    .await
+                    .unwrap();
+            }
+            if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await
+            {
+                return n;
+            }
+        }
+    })
+    .await;
+    assert_eq!(got.event.attrs["x"], Value::Int(2));
+    client.close().await;
+    publisher.close().await;
+    g.shutdown().await;
+}

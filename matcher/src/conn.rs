@@ -339,13 +339,16 @@ impl RequestStream {
                 if self.shared.mesh.is_none() {
                     return Some(now(not_gossip()));
                 }
-                if let Err(e) = event.validate(&self.shared.config.limits) {
-                    return Some(now(error(None, ErrorCode::InvalidEvent, e.to_string())));
-                }
+                let topic = match event.validate(&self.shared.config.limits) {
+                    Ok(topic) => topic,
+                    Err(e) => {
+                        return Some(now(error(None, ErrorCode::InvalidEvent, e.to_string())))
+                    }
+                };
                 let _ = self
                     .shared
                     .core
-                    .send(Input::Forwarded { subs, event })
+                    .send(Input::Forwarded { subs, topic, event })
                     .await;
                 return None;
             }

@@ -109,6 +109,7 @@ pub(crate) enum Input {
     /// An event another gossip node matched against subscriptions held here.
     Forwarded {
         subs: Vec<SubscriptionId>,
+        topic: Topic,
         event: Event,
     },
     /// The gossip nodes currently alive (this one excluded).
@@ -534,7 +535,7 @@ impl Core {
                     self.gossip_flush();
                 }
             }
-            Input::Forwarded { subs, event } => self.forwarded(&subs, &event),
+            Input::Forwarded { subs, topic, event } => self.forwarded(&subs, &topic, &event),
             Input::Members(peers) => self.members_changed(peers),
             Input::RingNow { reply } => {
                 let ring = Ring {
@@ -713,9 +714,16 @@ impl Core {
     }
 
     /// An event matched at another gossip node for subscriptions held here.
-    fn forwarded(&mut self, subs: &[SubscriptionId], event: &Event) {
+    fn forwarded(&mut self, subs: &[SubscriptionId], topic: &Topic, event: &Event) {
         let now = self.now();
-        if !subs.iter().any(|id| self.subs.contains_key(id)) {
+        // Checked again against the subscriptions as they are here: the sender matched its
+        // copies, which may be a filter change behind.
+        let mut subs = subs.to_vec();
+        subs.retain(|&id| {
+            self.subs.contains_key(&id)
+                && self.engine.matches_one(now, id, topic, &event.attrs) == Some(true)
+        });
+        if subs.is_empty() {
             return;
         }
         let encoded = match EncodedEvent::new(event) {
@@ -725,7 +733,7 @@ impl Core {
                 return;
             }
         };
-        for &id in subs {
+        for id in subs {
             self.deliver(now, id, &encoded);
         }
     }

@@ -710,6 +710,38 @@ impl Engine {
         self.counters.matches += (out.len() - start) as u64;
     }
 
+    /// Whether subscription `id` matches an event on `topic` with `attrs` at `now`: live, on
+    /// its topic or pattern, and through its filter (groups aside). For an event another node
+    /// matched against its copy of the subscription, checked again here against the current
+    /// one. `None` when `id` is unknown.
+    pub fn matches_one(
+        &mut self,
+        now: Timestamp,
+        id: SubscriptionId,
+        topic: &Topic,
+        attrs: &Attributes,
+    ) -> Option<bool> {
+        let slot = *self.by_id.get(&id)? as usize;
+        let bucket = self.meta[slot].bucket;
+        if self.records[slot].deadline <= now.0 {
+            return Some(false);
+        }
+        let on_topic = self.find_topic(topic.as_str()) == Some(bucket) || {
+            let mut found = Vec::new();
+            self.trie.matches(topic, &mut found);
+            found.contains(&bucket)
+        };
+        if !on_topic {
+            return Some(false);
+        }
+        let rec = &self.records[slot];
+        if rec.prog.is_empty() {
+            return Some(true);
+        }
+        let view = EventView::new(&self.names, attrs);
+        Some(rec.prog.eval(&view, &self.pool))
+    }
+
     fn next_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
@@ -786,6 +818,50 @@ mod tests {
             &mut out,
         );
         out.iter().map(|m| m.id.0).collect()
+    }
+
+    #[test]
+    fn one_subscription_checked_against_one_event() {
+        let mut e = Engine::new(EngineConfig::for_test());
+        let filter = sift_protocol::Filter::parse("x == 1").unwrap();
+        e.subscribe(Timestamp(0), sub(1, "a.*").filter(filter))
+            .unwrap();
+        e.subscribe(
+            Timestamp(0),
+            sub(2, "b").expiry(sift_protocol::frame::ExpirySpec::DeadlineMs(10)),
+        )
+        .unwrap();
+        let attrs = |x: i64| {
+            let mut a = Attributes::new();
+            a.insert("x".into(), Value::Int(x));
+            a
+        };
+        let t = |s: &str| Topic::parse(s).unwrap();
+        let id = SubscriptionId;
+        assert_eq!(
+            e.matches_one(Timestamp(1), id(1), &t("a.b"), &attrs(1)),
+            Some(true)
+        );
+        assert_eq!(
+            e.matches_one(Timestamp(1), id(1), &t("a.b"), &attrs(2)),
+            Some(false),
+            "filter"
+        );
+        assert_eq!(
+            e.matches_one(Timestamp(1), id(1), &t("c.b"), &attrs(1)),
+            Some(false),
+            "pattern"
+        );
+        assert_eq!(
+            e.matches_one(Timestamp(1), id(2), &t("b"), &attrs(1)),
+            Some(true)
+        );
+        assert_eq!(
+            e.matches_one(Timestamp(10), id(2), &t("b"), &attrs(1)),
+            Some(false),
+            "expired"
+        );
+        assert_eq!(e.matches_one(Timestamp(1), id(3), &t("b"), &attrs(1)), None);
     }
 
     thread_local! {
