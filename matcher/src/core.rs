@@ -210,6 +210,8 @@ struct Replica {
     since: u64,
     /// When it lapses unless renewed (Unix ms, grace included).
     until: u64,
+    /// `SubRecord::shape` of the version held.
+    shape: u64,
 }
 
 /// A gossip node's replication state.
@@ -834,6 +836,17 @@ impl Core {
                 .saturating_sub(unix_ms())
                 .min(sift_protocol::limits::LEASE_MAX_MS)
         });
+        // A renewal of a copy in the engine: only its deadline moves.
+        if let (Some(copy), Some(record)) = (g.remote.get_mut(&id), &update.body) {
+            if copy.home == update.origin && remaining > 0 && copy.shape == record.shape() {
+                let deadline = now.plus_millis(remaining);
+                if self.engine.extend(now, id, deadline) {
+                    copy.version = update.version;
+                    copy.until = unix_ms().saturating_add(remaining);
+                    return;
+                }
+            }
+        }
         if let Some(copy) = g
             .remote
             .get(&id)
@@ -874,6 +887,7 @@ impl Core {
             version: update.version,
             since: record.since_unix_ms,
             until: unix_ms().saturating_add(remaining),
+            shape: record.shape(),
         };
         if !g.members.contains(&update.origin) {
             g.suspended.insert(id, copy);

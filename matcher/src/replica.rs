@@ -35,6 +35,18 @@ impl WireSize for SubRecord {
     }
 }
 
+impl SubRecord {
+    /// A fingerprint of what matching depends on (pattern, filter, group, mode): two
+    /// versions with the same one differ only in their deadline.
+    pub fn shape(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let group = self.group.as_ref().map(|g| (&g.name, &g.key));
+        (&self.pattern, &self.filter, group, self.mode).hash(&mut h);
+        h.finish()
+    }
+}
+
 /// A record that cannot become a subscription here.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RecordError {

@@ -549,6 +549,22 @@ impl Engine {
         Ok(Timestamp(rec.deadline))
     }
 
+    /// Moves a live subscription's deadline later, to `deadline` (at most the longest expiry
+    /// from `now`): a copy whose home node renewed it. O(1), like [`Engine::renew`]; a
+    /// deadline earlier than the current one is ignored. False when `id` is unknown or due.
+    pub fn extend(&mut self, now: Timestamp, id: SubscriptionId, deadline: Timestamp) -> bool {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return false;
+        };
+        let max = now.0.saturating_add(self.config.expiry_max_ms);
+        let rec = &mut self.records[slot as usize];
+        if rec.deadline <= now.0 {
+            return false;
+        }
+        rec.deadline = rec.deadline.max(deadline.0.min(max));
+        true
+    }
+
     /// Replaces a subscription's filter in place: from this call on, events are matched
     /// against the new filter; no event sees neither or both.
     pub fn set_filter(
@@ -862,6 +878,27 @@ mod tests {
             "expired"
         );
         assert_eq!(e.matches_one(Timestamp(1), id(3), &t("b"), &attrs(1)), None);
+    }
+
+    #[test]
+    fn extend_moves_a_deadline_later_only() {
+        let mut e = Engine::new(EngineConfig::for_test());
+        let spec = sift_protocol::frame::ExpirySpec::DeadlineMs(10);
+        e.subscribe(Timestamp(0), sub(1, "a").expiry(spec)).unwrap();
+        assert!(e.extend(Timestamp(5), SubscriptionId(1), Timestamp(50)));
+        assert!(
+            !e.extend(Timestamp(5), SubscriptionId(2), Timestamp(50)),
+            "unknown"
+        );
+        assert!(
+            e.extend(Timestamp(5), SubscriptionId(1), Timestamp(20)),
+            "earlier: ignored"
+        );
+        let mut gone = vec![];
+        e.expire(Timestamp(30), &mut gone);
+        assert!(gone.is_empty(), "the timer re-arms for the later deadline");
+        e.expire(Timestamp(50), &mut gone);
+        assert_eq!(gone, vec![SubscriptionId(1)]);
     }
 
     thread_local! {
