@@ -315,11 +315,6 @@ async fn connect(config: ClientConfig) -> Result<Client> {
         .context("cannot connect")
 }
 
-/// Sums a counter over the nodes (gossip nodes and matchers answer `StatsFetch`).
-async fn counter(running: &Running, name: &str) -> Result<u64> {
-    Ok(counters(running).await?.0.get(name).copied().unwrap_or(0))
-}
-
 /// Every counter summed over the nodes, read in one pass, and when the pass was halfway.
 async fn counters(running: &Running) -> Result<(BTreeMap<String, u64>, Instant)> {
     let mut clients = Vec::new();
@@ -370,7 +365,6 @@ async fn measure(
     let (sent1, bytes1) = (get(&c1, "gossip_sent"), get(&c1, "gossip_bytes"));
     let idle_rate = sent1.saturating_sub(get(&c0, "gossip_sent")) as f64 / idle_s;
     let idle_bytes_rate = bytes1.saturating_sub(get(&c0, "gossip_bytes")) as f64 / idle_s;
-    let remote_before = get(&c1, "remote_subscriptions");
     let rss0: Vec<u64> = running
         .node_pids()
         .iter()
@@ -378,19 +372,13 @@ async fn measure(
         .collect();
     let (loaders, loaded) = load_subscriptions(&running, mode, config.subscriptions).await?;
     let held = if mode == Mode::Gossip {
-        // Every node holds the others' subscriptions (on top of what it held before).
-        let want = remote_before + (config.subscriptions * (n - 1)) as u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let remote = counter(&running, "remote_subscriptions").await?;
-            if remote >= want {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("gossip: only {remote} of {want} copies after 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Every node holds the others' subscriptions.
+        settled(
+            &running,
+            config.subscriptions as u64,
+            Duration::from_secs(60),
+        )
+        .await?;
         config.subscriptions as f64
     } else {
         config.subscriptions as f64 / n as f64
@@ -595,7 +583,6 @@ async fn kill_under_load(mut running: Running, mode: Mode) -> Result<KillOutcome
         }
         Mode::Gossip => n - 1,
     };
-    let remote_before = counter(&running, "remote_subscriptions").await?;
     let mut arrivals: Vec<Arrivals> = Vec::new();
     let mut subscribers = Vec::new();
     let mut readers = Vec::new();
@@ -617,14 +604,7 @@ async fn kill_under_load(mut running: Running, mode: Mode) -> Result<KillOutcome
     }
     if mode == Mode::Gossip {
         // Every node's copy is in place before the clock starts.
-        let want = remote_before + (n as u64) * (n as u64 - 1);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while counter(&running, "remote_subscriptions").await? < want {
-            if Instant::now() > deadline {
-                bail!("gossip: the kill experiment's subscriptions did not spread");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        settled(&running, n as u64, Duration::from_secs(20)).await?;
     }
     let published = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -712,6 +692,30 @@ async fn kill_under_load(mut running: Running, mode: Mode) -> Result<KillOutcome
         p.stop();
     }
     Ok(outcome)
+}
+
+/// Waits until a gossip cluster has settled with at least `local` subscriptions: every node
+/// holds a copy of every other node's subscriptions (copies = subscriptions × (N − 1)), so
+/// leftovers of earlier steps still being removed do not count.
+async fn settled(running: &Running, local: u64, within: Duration) -> Result<()> {
+    let n = running.node_addrs.len() as u64;
+    let deadline = Instant::now() + within;
+    loop {
+        let (c, _) = counters(running).await?;
+        let subs = c.get("subscriptions").copied().unwrap_or(0);
+        let remote = c.get("remote_subscriptions").copied().unwrap_or(0);
+        if subs >= local && remote == subs * (n - 1) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "gossip: {remote} copies of {subs} subscriptions after {within:?}, not {}",
+                subs * (n - 1)
+            );
+        }
+        // Gossip spreads in ticks: look again shortly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A subscriber's (sequence number, arrival time) log.
