@@ -410,7 +410,19 @@ pub fn reproduce(seed: u64, progress: &mut dyn FnMut(&str)) -> Result<Reproducti
         md,
         "\nThe rumor alone is bimodal — a trial reaches either almost no one or most sites, rarely anything \
          in between — and never everyone; anti-entropy turns every trial into full delivery, as pbcast's \
-         second phase does.\n\n_Total wall time: {:.1} s._",
+         second phase does.\n\n## Sources\n\n\
+         - A. Demers, D. Greene, C. Hauser, W. Irish, J. Larson, S. Shenker, H. Sturgis, D. Swinehart, \
+         D. Terry. *Epidemic algorithms for replicated database maintenance.* PODC 1987 — Table 1, \
+         and §1.4 for the coin variants and s = e^(-(k+1)(1-s)).\n\
+         - B. Pittel. *On spreading a rumor.* SIAM J. Appl. Math. 47(1), 1987 — push: \
+         log2 N + ln N + O(1) rounds.\n\
+         - R. Karp, C. Schindelhauer, S. Shenker, B. Vöcking. *Randomized rumor spreading.* FOCS \
+         2000 — push-pull: log3 N + O(log log N) rounds.\n\
+         - K. Birman, M. Hayden, O. Ozkasap, Z. Xiao, M. Budiu, Y. Minsky. *Bimodal multicast.* \
+         ACM TOCS 17(2), 1999.\n\
+         - P. Eugster, R. Guerraoui, A.-M. Kermarrec, L. Massoulié. *Epidemic information \
+         dissemination in distributed systems.* IEEE Computer 37(5), 2004.\n\n\
+         _Total wall time: {:.1} s._",
         started.elapsed().as_secs_f64()
     );
     Ok(Reproduction {
