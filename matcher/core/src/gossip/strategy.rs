@@ -130,9 +130,16 @@ fn parse_push(part: &str, name: &str) -> Result<Push, StrategyError> {
     if part == "flood" {
         return Ok(Push::Flood);
     }
-    let (head, arg) = part
-        .split_once(':')
-        .ok_or_else(|| err("missing parameter"))?;
+    let (head, arg) = part.split_once(':').ok_or_else(|| {
+        if matches!(
+            part,
+            "bcrm" | "rumor" | "rumor-coin" | "rumor-blind" | "rumor-blind-coin"
+        ) {
+            err("missing parameter")
+        } else {
+            err("unknown strategy")
+        }
+    })?;
     let rumor = |feedback, loss| -> Result<Push, StrategyError> {
         Ok(Push::Rumor {
             k: number(arg, name)?,
