@@ -158,6 +158,8 @@ pub(crate) struct Inner {
     coordinator: tokio::sync::Mutex<Option<quinn::Connection>>,
     /// One ring fetch at a time; callers that waited find the ring already fresh.
     refreshing: tokio::sync::Mutex<()>,
+    /// Rings taken so far (versions from different entry points are not comparable).
+    ring_gen: AtomicU64,
     /// Which entry point (the coordinator, then the fallbacks) is in use.
     entry: std::sync::atomic::AtomicUsize,
     /// Where the current ring came from: versions are only comparable from one source.
@@ -211,6 +213,7 @@ impl Client {
             nodes: Mutex::new(HashMap::new()),
             coordinator: tokio::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            ring_gen: AtomicU64::new(0),
             entry: std::sync::atomic::AtomicUsize::new(0),
             ring_source: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
@@ -225,7 +228,9 @@ impl Client {
         inner
             .tasks
             .spawn(crate::subscription::renew_leases(Arc::downgrade(&inner)));
-        let timeout = inner.config.request_timeout;
+        // Each unreachable entry point costs a connect timeout before the next is tried.
+        let timeout = inner.config.request_timeout
+            + inner.config.connect_timeout * inner.config.fallbacks.len() as u32;
         let first = tokio::time::timeout(
             timeout,
             ring_rx.wait_for(|r| r.as_ref().is_some_and(|p| !p.members().is_empty())),
@@ -444,10 +449,10 @@ impl Inner {
 
     /// Fetches the ring from the coordinator now (the watch may lag).
     pub(crate) async fn refresh_ring(self: &Arc<Self>) {
-        let seen = self.ring_version();
+        let seen = self.ring_gen.load(Ordering::Acquire);
         let _one = self.refreshing.lock().await;
-        if self.ring_version() > seen {
-            return; // fetched while we waited
+        if self.ring_gen.load(Ordering::Acquire) != seen {
+            return; // a ring came while we waited
         }
         match fetch_ring(self).await {
             Ok((ring, source)) => self.set_ring(ring, source),
@@ -459,35 +464,42 @@ impl Inner {
     /// another entry point than ours did (after a failover: versions of different gossip
     /// nodes are not comparable), and moves subscriptions to where it says they belong.
     fn set_ring(self: &Arc<Self>, ring: Ring, source: SocketAddr) {
-        let take = {
+        {
+            // Decided and published under one lock, so two rings cannot cross.
             let mut from = self.ring_source.lock().unwrap_or_else(|e| e.into_inner());
             let take = ring.version > self.ring_version() || from.is_some_and(|f| f != source);
-            if take {
-                *from = Some(source);
+            if !take {
+                return;
             }
-            take
-        };
-        if take {
+            *from = Some(source);
             self.ring
                 .send_replace(Some(Arc::new(Placement::new(&ring))));
-            crate::subscription::reconcile(self);
+            self.ring_gen.fetch_add(1, Ordering::AcqRel);
         }
+        crate::subscription::reconcile(self);
     }
 
-    /// The entry point in use.
-    fn entry_point(&self) -> SocketAddr {
+    /// The entry point in use, and its index (for [`Inner::next_entry_point`]).
+    fn entry_point(&self) -> (usize, SocketAddr) {
         let n = 1 + self.config.fallbacks.len();
-        match self.entry.load(Ordering::Relaxed) % n {
+        let i = self.entry.load(Ordering::Acquire);
+        let addr = match i % n {
             0 => self.config.coordinator,
-            i => self.config.fallbacks[i - 1],
-        }
+            k => self.config.fallbacks[k - 1],
+        };
+        (i, addr)
     }
 
-    /// The entry point in use failed: the next one is tried from now on.
-    fn next_entry_point(&self) {
-        if !self.config.fallbacks.is_empty() {
-            let i = self.entry.fetch_add(1, Ordering::Relaxed);
-            debug!(next = %self.entry_point(), after = i, "trying the next entry point");
+    /// Entry point `failed` failed: the next one is tried from now on (once, however many
+    /// callers saw it fail).
+    fn next_entry_point(&self, failed: usize) {
+        if !self.config.fallbacks.is_empty()
+            && self
+                .entry
+                .compare_exchange(failed, failed + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            debug!(next = %self.entry_point().1, "trying the next entry point");
         }
     }
 
@@ -541,7 +553,7 @@ impl Inner {
             Ok(Err(e)) => Err(ClientError::Connection(format!("coordinator: {e}"))),
             Err(_) => Err(ClientError::Timeout),
         };
-        if result.is_err() {
+        if result.is_err() && !self.config.fallbacks.is_empty() {
             let mut kept = self.coordinator.lock().await;
             if kept
                 .as_ref()
@@ -753,6 +765,16 @@ impl Inner {
 
     /// A subscription stream from `addr` ended.
     pub(crate) fn ended(self: &Arc<Self>, addr: &str, id: SubscriptionId, reason: EndReason) {
+        // A node the subscription has left (re-placed elsewhere) speaks for a copy that no
+        // longer matters: its end does not end the subscription.
+        if self
+            .subs()
+            .get(&id)
+            .is_some_and(|sub| !sub.nodes.contains(addr))
+        {
+            debug!(sub = %id, node = addr, ?reason, "end from a node the subscription left");
+            return;
+        }
         match reason {
             EndReason::Moved | EndReason::Shutdown => {
                 {
@@ -780,13 +802,18 @@ impl Inner {
 }
 
 /// Fetches the ring once from the coordinator.
-/// The ring from the entry point in use, and who gave it. A ring fetch waits at most the
-/// connect timeout: an entry point that does not answer that fast is treated as gone.
+/// The ring from the entry point in use, and who gave it. With fallbacks, a ring fetch waits
+/// at most the connect timeout: an entry point that does not answer that fast is treated as
+/// gone.
 async fn fetch_ring(inner: &Inner) -> Result<(Ring, SocketAddr), ClientError> {
-    let timeout = inner
-        .config
-        .request_timeout
-        .min(inner.config.connect_timeout);
+    let timeout = if inner.config.fallbacks.is_empty() {
+        inner.config.request_timeout
+    } else {
+        inner
+            .config
+            .request_timeout
+            .min(inner.config.connect_timeout)
+    };
     match inner
         .entry_request(Frame::RingFetch { req: 1 }, timeout)
         .await?
@@ -801,11 +828,12 @@ async fn fetch_ring(inner: &Inner) -> Result<(Ring, SocketAddr), ClientError> {
 pub(crate) async fn connect_coordinator(inner: &Inner) -> Result<quinn::Connection, ClientError> {
     let mut last = None;
     for _ in 0..=inner.config.fallbacks.len() {
-        match connect_entry(inner, inner.entry_point()).await {
+        let (i, addr) = inner.entry_point();
+        match connect_entry(inner, addr).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
-                debug!(entry = %inner.entry_point(), error = %e, "entry point unreachable");
-                inner.next_entry_point();
+                debug!(entry = %addr, error = %e, "entry point unreachable");
+                inner.next_entry_point(i);
                 last = Some(e);
             }
         }

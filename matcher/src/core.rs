@@ -597,14 +597,14 @@ impl Core {
         }
         let (id, mode) = (sub.id, sub.mode);
         let now = self.now();
-        let record = self.gossip.as_ref().map(|g| SubRecord {
+        let record = self.gossip.as_ref().map(|_| SubRecord {
             pattern: sub.pattern.as_str().to_owned(),
             filter: filter_source,
             group: sub.group.clone(),
             mode,
             deadline_unix_ms: 0,
-            // A subscription renewed from a new connection keeps its place in the order.
-            since_unix_ms: g.local.get(&id).map_or_else(unix_ms, |r| r.since_unix_ms),
+            // Now: a client that moves here (again) wins over its earlier homes.
+            since_unix_ms: unix_ms(),
         });
         if let Some(g) = self.gossip.as_deref_mut() {
             // Another node's copy with the same id (the client moved here): the local one
@@ -838,7 +838,11 @@ impl Core {
         });
         // A renewal of a copy in the engine: only its deadline moves.
         if let (Some(copy), Some(record)) = (g.remote.get_mut(&id), &update.body) {
-            if copy.home == update.origin && remaining > 0 && copy.shape == record.shape() {
+            if copy.home == update.origin
+                && remaining > 0
+                && copy.since == record.since_unix_ms
+                && copy.shape == record.shape()
+            {
                 let deadline = now.plus_millis(remaining);
                 if self.engine.extend(now, id, deadline) {
                     copy.version = update.version;

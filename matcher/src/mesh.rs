@@ -111,6 +111,8 @@ struct State {
     runtime: AccumulatingRuntime<PeerId>,
     members: HashMap<NodeId, SocketAddr>,
     links: HashMap<SocketAddr, LinkTx>,
+    /// The core has not been told the latest membership yet.
+    members_unsent: bool,
 }
 
 impl Mesh {
@@ -129,6 +131,7 @@ impl Mesh {
             runtime: AccumulatingRuntime::new(),
             members: HashMap::new(),
             links: HashMap::new(),
+            members_unsent: false,
         };
         let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
         announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,10 +234,12 @@ impl Mesh {
                 _ => {}
             }
         }
-        if changed {
+        // Never wait on a busy core (membership must keep answering probes): if its queue
+        // is full, tell it after the next input.
+        if changed || state.members_unsent {
             let mut peers: Vec<NodeId> = state.members.keys().copied().collect();
             peers.sort_unstable();
-            let _ = self.core.send(Input::Members(peers)).await;
+            state.members_unsent = self.core.try_send(Input::Members(peers)).is_err();
         }
     }
 
