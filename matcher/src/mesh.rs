@@ -2,11 +2,11 @@
 //!
 //! The mesh task owns the membership state machine and the links; the core task owns the
 //! dissemination state machine and hands it messages to send (`MeshCmd::Send`). Membership
-//! packets travel on one stream of a link and gossip messages and forwarded events on
-//! another (`Frame::Swim`; `Frame::Gossip`, `Frame::Forward`), so a busy core never holds up
-//! membership; the mesh task also reads membership input on its own channel, ahead of data.
-//! A node's own server accepts these streams like any request stream. Links are one-way: a
-//! node sends on its own link to a peer and receives on the peer's link to it.
+//! packets travel on one link (connection) to a peer and gossip messages and forwarded events
+//! on another (`Frame::Swim`; `Frame::Gossip`, `Frame::Forward`), so a peer slow to take data
+//! never holds up membership; the mesh task also reads membership input on its own channel,
+//! ahead of data. A node's own server accepts these streams like any request stream. Links are
+//! one-way: a node sends on its own links to a peer and receives on the peer's links to it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -251,14 +251,18 @@ impl Mesh {
         let link = state.links.entry(addr).or_insert_with(|| {
             let (swim, swim_rx) = mpsc::channel(LINK_SWIM_QUEUE_LEN);
             let (data, data_rx) = mpsc::channel(LINK_QUEUE_LEN);
-            let link = Link {
-                endpoint: self.endpoint.clone(),
-                addr,
-                server_name: self.server_name.clone(),
-                token: self.token.clone(),
-                max_frame_bytes: self.max_frame_bytes,
-            };
-            self.tasks.spawn(link.run(swim_rx, data_rx));
+            // Two links, each its own connection: a peer that is slow to take data (flow
+            // control) never holds up its probes.
+            for rx in [swim_rx, data_rx] {
+                let link = Link {
+                    endpoint: self.endpoint.clone(),
+                    addr,
+                    server_name: self.server_name.clone(),
+                    token: self.token.clone(),
+                    max_frame_bytes: self.max_frame_bytes,
+                };
+                self.tasks.spawn(link.run(rx));
+            }
             LinkTx { swim, data }
         });
         let queue = if matches!(frame, Frame::Swim { .. }) {
@@ -272,9 +276,9 @@ impl Mesh {
     }
 }
 
-/// One outgoing link to a peer: a QUIC connection with a stream for membership packets and
-/// one for data, re-established with backoff while there is something to send. Ends when the
-/// mesh drops its senders.
+/// One outgoing link to a peer: a QUIC connection and one stream of frames, re-established
+/// with backoff while there is something to send. Ends when the mesh drops its sender. A
+/// peer has two: one for membership packets, one for data.
 struct Link {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -283,37 +287,25 @@ struct Link {
     max_frame_bytes: usize,
 }
 
-/// A link's two streams.
-struct Streams {
-    conn: quinn::Connection,
-    swim: FrameWriter,
-    data: FrameWriter,
-}
-
 impl Link {
-    async fn run(self, mut swim_rx: mpsc::Receiver<Frame>, mut data_rx: mpsc::Receiver<Frame>) {
+    async fn run(self, mut rx: mpsc::Receiver<Frame>) {
         let mut backoff = Duration::from_millis(100);
         let mut pending: Option<Frame> = None;
         loop {
             if pending.is_none() {
-                pending = tokio::select! {
-                    biased;
-                    f = swim_rx.recv() => f,
-                    f = data_rx.recv() => f,
-                };
+                pending = rx.recv().await;
                 if pending.is_none() {
                     return;
                 }
             }
-            let mut streams = match self.connect().await {
+            let (conn, mut writer) = match self.connect().await {
                 Ok(s) => s,
                 Err(e) => {
                     debug!(peer = %self.addr, error = %e, "gossip link down");
                     // What queued while the peer was unreachable is stale; anti-entropy and
                     // membership catch up.
                     pending = None;
-                    while swim_rx.try_recv().is_ok() {}
-                    while data_rx.try_recv().is_ok() {}
+                    while rx.try_recv().is_ok() {}
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
@@ -322,88 +314,63 @@ impl Link {
             backoff = Duration::from_millis(100);
             loop {
                 if let Some(frame) = pending.take() {
-                    let writer = if matches!(frame, Frame::Swim { .. }) {
-                        &mut streams.swim
-                    } else {
-                        &mut streams.data
-                    };
                     if writer.push(&frame).is_err() {
                         debug!(peer = %self.addr, "frame not encodable; dropped");
                     }
                 }
-                while let Ok(f) = swim_rx.try_recv() {
-                    let _ = streams.swim.push(&f);
-                }
-                while let Ok(f) = data_rx.try_recv() {
-                    if streams.data.push(&f).is_err() {
+                while let Ok(f) = rx.try_recv() {
+                    if writer.push(&f).is_err() {
                         debug!(peer = %self.addr, "frame not encodable; dropped");
                     }
                 }
-                let flushed = tokio::time::timeout(LINK_CONNECT_TIMEOUT, async {
-                    streams.swim.flush().await?;
-                    streams.data.flush().await
-                })
-                .await;
+                let flushed = tokio::time::timeout(LINK_CONNECT_TIMEOUT, writer.flush()).await;
                 if !matches!(flushed, Ok(Ok(()))) {
                     break;
                 }
-                pending = tokio::select! {
-                    biased;
-                    f = swim_rx.recv() => f,
-                    f = data_rx.recv() => f,
-                };
+                pending = rx.recv().await;
                 if pending.is_none() {
-                    let _ = streams.swim.finish().await;
-                    let _ = streams.data.finish().await;
-                    streams.conn.close(0u32.into(), b"done");
+                    let _ = tokio::time::timeout(LINK_CONNECT_TIMEOUT, writer.finish()).await;
+                    conn.close(0u32.into(), b"done");
                     return;
                 }
             }
-            streams.conn.close(0u32.into(), b"reconnect");
+            conn.close(0u32.into(), b"reconnect");
         }
     }
 
-    async fn connect(&self) -> Result<Streams, String> {
+    async fn connect(&self) -> Result<(quinn::Connection, FrameWriter), String> {
         tokio::time::timeout(LINK_CONNECT_TIMEOUT, self.open())
             .await
             .map_err(|_| "connect timed out".to_string())?
     }
 
-    async fn open(&self) -> Result<Streams, String> {
+    async fn open(&self) -> Result<(quinn::Connection, FrameWriter), String> {
         let conn = self
             .endpoint
             .connect(self.addr, &self.server_name)
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let mut streams = Vec::new();
-        for _ in 0..2 {
-            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let mut writer = FrameWriter::new(send, self.max_frame_bytes);
-            if self.token.is_some() {
-                // Every stream says who it is (a peer's streams are served one by one).
-                writer
-                    .push(&Frame::Hello {
-                        req: 1,
-                        token: self.token.clone(),
-                    })
-                    .map_err(|e| e.to_string())?;
-            }
-            // The peer only answers the Hello (and errors); read them so its stream never
-            // blocks.
-            let mut reader = FrameReader::new(recv, self.max_frame_bytes);
-            let peer = self.addr;
-            tokio::spawn(async move {
-                while let Ok(Some(frame)) = reader.next().await {
-                    if let Frame::Error(e) = frame {
-                        debug!(%peer, code = ?e.code, message = %e.message, "peer refused a gossip frame");
-                    }
-                }
-            });
-            streams.push(writer);
+        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let mut writer = FrameWriter::new(send, self.max_frame_bytes);
+        if self.token.is_some() {
+            writer
+                .push(&Frame::Hello {
+                    req: 1,
+                    token: self.token.clone(),
+                })
+                .map_err(|e| e.to_string())?;
         }
-        let data = streams.pop().ok_or("no stream")?;
-        let swim = streams.pop().ok_or("no stream")?;
-        Ok(Streams { conn, swim, data })
+        // The peer only answers the Hello (and errors); read them so its stream never blocks.
+        let mut reader = FrameReader::new(recv, self.max_frame_bytes);
+        let peer = self.addr;
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = reader.next().await {
+                if let Frame::Error(e) = frame {
+                    debug!(%peer, code = ?e.code, message = %e.message, "peer refused a gossip frame");
+                }
+            }
+        });
+        Ok((conn, writer))
     }
 }
