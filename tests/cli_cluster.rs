@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{lines, sift, Kill, LIMIT};
+use common::{lines, sift, start_dev, Kill};
 
 #[test]
 fn dev_cluster_pub_sub_ring_admin() {
@@ -16,22 +16,7 @@ fn dev_cluster_pub_sub_ring_admin() {
     std::fs::create_dir_all(&dir).unwrap();
     // A port range of its own, so parallel runs do not collide.
     let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let mut dev = sift(&dir)
-        .args(["dev", "--matchers", "2", "--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let dev_out = lines(&mut dev);
-    let _dev = Kill(dev);
-    loop {
-        let line = dev_out
-            .recv_timeout(LIMIT)
-            .expect("sift dev did not come up");
-        if line.contains("stop with Ctrl-C") {
-            break;
-        }
-    }
+    let _dev = start_dev(&dir, &["--matchers", "2", "--port", &port.to_string()]);
 
     let ring = sift(&dir).arg("ring").output().unwrap();
     let ring = String::from_utf8(ring.stdout).unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{lines, sift, Kill, LIMIT};
+use common::{lines, sift, start_dev, Kill};
 
 #[test]
 fn dev_gossip_sub_on_one_node_pub_on_another() {
@@ -16,29 +16,10 @@ fn dev_gossip_sub_on_one_node_pub_on_another() {
     std::fs::create_dir_all(&dir).unwrap();
     // A port range of its own (cli_cluster uses 20,000–39,999).
     let port = 40_000 + (std::process::id() % 20_000) as u16;
-    let mut dev = sift(&dir)
-        .args([
-            "dev",
-            "--gossip",
-            "--matchers",
-            "3",
-            "--port",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let dev_out = lines(&mut dev);
-    let _dev = Kill(dev);
-    loop {
-        let line = dev_out
-            .recv_timeout(LIMIT)
-            .expect("sift dev --gossip did not come up");
-        if line.contains("stop with Ctrl-C") {
-            break;
-        }
-    }
+    let _dev = start_dev(
+        &dir,
+        &["--gossip", "--matchers", "3", "--port", &port.to_string()],
+    );
     let node = |i: u16| format!("127.0.0.1:{}", port + i);
 
     // The subscriber on the first node (found through the data directory).

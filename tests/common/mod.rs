@@ -44,3 +44,23 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+/// Starts `sift dev ARGS` in `dir` and waits until it says it is up; the child dies with the
+/// returned guard.
+pub fn start_dev(dir: &Path, args: &[&str]) -> Kill {
+    let mut dev = sift(dir)
+        .arg("dev")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = lines(&mut dev);
+    let dev = Kill(dev);
+    loop {
+        let line = out.recv_timeout(LIMIT).expect("sift dev did not come up");
+        if line.contains("stop with Ctrl-C") {
+            return dev;
+        }
+    }
+}
