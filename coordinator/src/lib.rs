@@ -8,5 +8,5 @@
 pub mod membership;
 pub mod server;
 
-pub use membership::{Membership, MembershipError};
-pub use server::{Coordinator, CoordinatorConfig};
+pub use membership::{Change, Membership, MembershipError, TransitionConfig};
+pub use server::{ClusterState, Coordinator, CoordinatorConfig};

@@ -1,11 +1,18 @@
-//! Membership: which matchers are registered, alive, draining or dead, and the ring they make.
-//! Pure: time comes in as milliseconds, and every change that alters the ring bumps its
-//! version, which only grows.
+//! Membership and ring transitions: which matchers are registered, alive, draining or dead,
+//! the ring clients route by (the *active* ring), and the two-step change to the next one.
+//!
+//! Pure: time comes in as milliseconds, nothing here does I/O. A change of membership (a
+//! join, a drain, a death) does not replace the ring at once. The next ring is *announced*
+//! (pending); every live matcher of the active ring hands over what the next ring moves away
+//! from it, matcher to matcher, and confirms; when all have confirmed, the pending ring is
+//! *activated*. A transition that does not complete within the handoff timeout, or during
+//! which one of its matchers dies, is aborted (the active ring stays) and tried again.
+//! Versions only grow: every announced ring takes a new one, aborted or not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sift_protocol::frame::{NodeState, NodeStatus, Ring, RingMember};
-use sift_protocol::ring::WEIGHT_MAX;
+use sift_protocol::ring::{REPLICAS_MAX, WEIGHT_MAX};
 
 /// Why a membership request was refused. Nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -22,9 +29,46 @@ pub enum MembershipError {
     /// An operator removed this matcher; it must restart to join again.
     #[error("matcher {0:?} was removed by an operator; restart it to join again")]
     Removed(String),
-    /// An operator asked to remove a matcher that is still alive and in the ring.
-    #[error("matcher {0:?} is alive and in the ring: drain it first")]
+    /// An operator asked to remove a matcher that is still in the active ring (not drained,
+    /// or its drain has not completed yet).
+    #[error(
+        "matcher {0:?} is still in the ring: drain it first and wait for the drain to complete"
+    )]
     NotDrained(String),
+}
+
+/// What a transition did, for the shell's logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A ring was announced; the listed matchers must confirm their handoff.
+    Announced {
+        /// The pending ring's version.
+        version: u64,
+        /// Who must confirm.
+        waiting: Vec<String>,
+    },
+    /// The pending ring became the active one.
+    Activated {
+        /// Its version.
+        version: u64,
+    },
+    /// A transition was abandoned; the active ring stays.
+    Aborted {
+        /// The abandoned ring's version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A matcher missed its heartbeats and was dropped.
+    Died {
+        /// Its id.
+        node: String,
+    },
+    /// A restarted coordinator took the ring the matchers already serve with.
+    Adopted {
+        /// Its version.
+        version: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -34,7 +78,46 @@ struct Node {
     last_seen_ms: u64,
 }
 
-/// The coordinator's membership table.
+#[derive(Clone, Debug)]
+struct Pending {
+    ring: Ring,
+    started_ms: u64,
+    /// Matchers of the active ring that have not confirmed their handoff yet.
+    waiting: BTreeSet<String>,
+}
+
+/// Timing of transitions.
+#[derive(Clone, Copy, Debug)]
+pub struct TransitionConfig {
+    /// A matcher silent for this long is dead and leaves the ring.
+    pub dead_after_ms: u64,
+    /// A transition not confirmed by every matcher within this is aborted.
+    pub handoff_timeout_ms: u64,
+    /// After an abort, the next attempt waits this long.
+    pub retry_after_ms: u64,
+    /// The replication factor, 1 ..= [`REPLICAS_MAX`].
+    pub replicas: u32,
+    /// Wait this long after start for matchers to report the ring they serve with before
+    /// changing anything (0: a fresh cluster, nothing to recover).
+    pub recovery_ms: u64,
+}
+
+impl TransitionConfig {
+    /// Defaults for a coordinator whose matchers die after `dead_after_ms` of silence: a
+    /// 10 s handoff timeout, 1 s between attempts, R = 1, and a recovery window of one
+    /// `dead_after_ms`.
+    pub fn new(dead_after_ms: u64) -> TransitionConfig {
+        TransitionConfig {
+            dead_after_ms,
+            handoff_timeout_ms: 10_000,
+            retry_after_ms: 1_000,
+            replicas: 1,
+            recovery_ms: dead_after_ms,
+        }
+    }
+}
+
+/// The coordinator's membership table and ring transitions.
 #[derive(Clone, Debug)]
 pub struct Membership {
     nodes: BTreeMap<String, Node>,
@@ -42,9 +125,21 @@ pub struct Membership {
     /// running matcher learns it was removed instead of registering again) until they have
     /// been silent for `dead_after_ms`.
     removed: BTreeMap<String, u64>,
-    version: u64,
-    /// A matcher silent for this long is dead and leaves the ring.
-    dead_after_ms: u64,
+    active: Ring,
+    pending: Option<Pending>,
+    /// The last version handed out (active or pending); the next ring gets one more.
+    last_version: u64,
+    config: TransitionConfig,
+    /// Until then, rings reported by registering matchers may be adopted and no transition
+    /// starts (cleared early once every member of the adopted ring has registered).
+    recovering_until: Option<u64>,
+    /// After an abort: no new transition before this.
+    retry_at: Option<u64>,
+    /// The version (as reported) of the ring adopted during recovery, if any.
+    adopted: Option<u64>,
+    /// Bumped whenever the active or pending ring changes.
+    generation: u64,
+    changes: Vec<Change>,
 }
 
 /// Longest matcher id, in bytes.
@@ -55,35 +150,61 @@ pub const NODE_ADDR_BYTES_MAX: usize = 255;
 pub const MEMBERS_MAX: usize = 1024;
 
 impl Membership {
-    /// An empty table; matchers silent for `dead_after_ms` are dropped. The version starts at
-    /// `first_version` (a coordinator passes its start time in milliseconds, so versions keep
-    /// growing across its restarts).
-    pub fn new(dead_after_ms: u64, first_version: u64) -> Membership {
+    /// An empty table with timing `config`. Versions start above `first_version` (a
+    /// coordinator passes its start time in milliseconds, so versions keep growing across
+    /// its restarts). `now_ms` starts the recovery window.
+    pub fn new(config: TransitionConfig, first_version: u64, now_ms: u64) -> Membership {
+        let replicas = config.replicas.clamp(1, REPLICAS_MAX);
         Membership {
             nodes: BTreeMap::new(),
             removed: BTreeMap::new(),
-            version: first_version,
-            dead_after_ms,
+            active: Ring {
+                version: first_version,
+                members: Vec::new(),
+                replicas,
+            },
+            pending: None,
+            last_version: first_version,
+            config: TransitionConfig { replicas, ..config },
+            recovering_until: (config.recovery_ms > 0).then(|| now_ms + config.recovery_ms),
+            retry_at: None,
+            adopted: None,
+            generation: 0,
+            changes: Vec::new(),
         }
     }
 
-    /// The ring version.
+    /// The active ring's version.
     pub fn version(&self) -> u64 {
-        self.version
+        self.active.version
     }
 
-    /// The ring: alive (not draining) members, ordered by id.
+    /// Bumped whenever the active or the pending ring changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The active ring: what clients route by.
     pub fn ring(&self) -> Ring {
-        let members = self
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Alive)
-            .map(|n| n.member.clone())
-            .collect();
-        Ring {
-            version: self.version,
-            members,
-        }
+        self.active.clone()
+    }
+
+    /// The ring announced next, while a transition is under way.
+    pub fn pending(&self) -> Option<&Ring> {
+        self.pending.as_ref().map(|p| &p.ring)
+    }
+
+    /// Matchers whose handoff for the pending ring is not confirmed yet.
+    pub fn waiting(&self) -> Vec<String> {
+        self.pending
+            .as_ref()
+            .map(|p| p.waiting.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Every registered matcher, for operators.
@@ -98,53 +219,40 @@ impl Membership {
             .collect()
     }
 
-    /// A matcher registers (or re-registers with a new address or weight). Returns whether
-    /// the ring changed. A draining matcher that registers again stays draining.
-    pub fn register(&mut self, now_ms: u64, member: RingMember) -> Result<bool, MembershipError> {
-        if member.id.is_empty() || member.id.len() > NODE_ID_BYTES_MAX {
-            return Err(MembershipError::Invalid(format!(
-                "id must be 1 to {NODE_ID_BYTES_MAX} bytes"
-            )));
-        }
-        if member.weight == 0 || member.weight > WEIGHT_MAX {
-            return Err(MembershipError::Invalid(format!(
-                "weight must be 1 to {WEIGHT_MAX}"
-            )));
-        }
-        if !valid_addr(&member.addr) {
-            return Err(MembershipError::Invalid(format!(
-                "address must be host:port, at most {NODE_ADDR_BYTES_MAX} bytes"
-            )));
-        }
+    /// A matcher registers (or re-registers with a new address or weight). `active` is the
+    /// ring it serves with, which a recovering coordinator may adopt; `draining` keeps it out
+    /// of the next ring (a matcher in lame-duck drain). A matcher draining here stays so.
+    pub fn register(
+        &mut self,
+        now_ms: u64,
+        member: RingMember,
+        active: Option<&Ring>,
+        draining: bool,
+    ) -> Result<(), MembershipError> {
+        validate(&member)?;
         if !self.nodes.contains_key(&member.id) && self.nodes.len() >= MEMBERS_MAX {
             return Err(MembershipError::Full);
         }
         // Registering is a (re)start: it lifts a removal.
         self.removed.remove(&member.id);
-        let changed = match self.nodes.get_mut(&member.id) {
-            Some(n) => {
-                n.last_seen_ms = now_ms;
-                let changed = n.member != member && n.state == NodeState::Alive;
-                n.member = member;
-                changed
-            }
-            None => {
-                let id = member.id.clone();
-                self.nodes.insert(
-                    id,
-                    Node {
-                        member,
-                        state: NodeState::Alive,
-                        last_seen_ms: now_ms,
-                    },
-                );
-                true
-            }
-        };
-        if changed {
-            self.version += 1;
+        if let (Some(ring), true) = (active, self.recovering(now_ms)) {
+            self.adopt(ring);
         }
-        Ok(changed)
+        let state = match self.nodes.get(&member.id) {
+            Some(n) if n.state == NodeState::Draining => NodeState::Draining,
+            _ if draining => NodeState::Draining,
+            _ => NodeState::Alive,
+        };
+        self.nodes.insert(
+            member.id.clone(),
+            Node {
+                member,
+                state,
+                last_seen_ms: now_ms,
+            },
+        );
+        self.step(now_ms);
+        Ok(())
     }
 
     /// A heartbeat from matcher `id`.
@@ -160,9 +268,21 @@ impl Membership {
         Ok(())
     }
 
-    /// Takes matcher `id` out of the ring; it stays registered (and heartbeating) as draining.
-    /// Returns whether the ring changed.
-    pub fn drain(&mut self, id: &str) -> Result<bool, MembershipError> {
+    /// Matcher `id` confirms its handoff for the pending ring `version` (a confirmation for
+    /// another version is stale and ignored).
+    pub fn confirm(&mut self, now_ms: u64, id: &str, version: u64) {
+        if let Some(p) = &mut self.pending {
+            if p.ring.version == version {
+                p.waiting.remove(id);
+            }
+        }
+        self.step(now_ms);
+    }
+
+    /// Takes matcher `id` out of the next ring; it stays registered (and heartbeating) as
+    /// draining, and hands over its topics through a transition. Returns whether it was not
+    /// draining before.
+    pub fn drain(&mut self, now_ms: u64, id: &str) -> Result<bool, MembershipError> {
         let n = self
             .nodes
             .get_mut(id)
@@ -171,60 +291,222 @@ impl Membership {
             return Ok(false);
         }
         n.state = NodeState::Draining;
-        self.version += 1;
+        self.step(now_ms);
         Ok(true)
     }
 
-    /// Forgets matcher `id`, which must be draining (its topics already moved) or silent.
-    /// If it is still running, its next heartbeat is refused with
-    /// [`MembershipError::Removed`] so that it stops instead of registering again. Returns
-    /// whether the ring changed.
-    pub fn remove(&mut self, now_ms: u64, id: &str) -> Result<bool, MembershipError> {
+    /// Forgets matcher `id`, which must be out of the active ring (drained, with the drain
+    /// completed) or dead. If it is still running, its next heartbeat is refused with
+    /// [`MembershipError::Removed`] so that it stops instead of registering again.
+    pub fn remove(&mut self, now_ms: u64, id: &str) -> Result<(), MembershipError> {
         let n = self
             .nodes
             .get(id)
             .ok_or_else(|| MembershipError::UnknownNode(id.into()))?;
-        if n.state == NodeState::Alive {
+        let in_flight = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.waiting.contains(id) || p.ring.contains(id));
+        if n.state == NodeState::Alive || self.active.contains(id) || in_flight {
             return Err(MembershipError::NotDrained(id.into()));
         }
         self.nodes.remove(id);
         self.removed.insert(id.into(), now_ms);
-        Ok(false)
+        Ok(())
     }
 
-    /// Drops the matchers silent for too long; returns their ids (the ring changed if any was
-    /// alive).
-    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
+    /// Advances time: drops matchers silent for too long, aborts transitions that timed out
+    /// or lost a matcher, activates confirmed ones, and starts the next one when the members
+    /// that should be in the ring differ from the active ring's.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.step(now_ms);
+    }
+
+    /// When [`Membership::tick`] may next have something to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let dead_after = self.config.dead_after_ms;
+        self.nodes
+            .values()
+            .map(|n| n.last_seen_ms + dead_after)
+            .chain(self.removed.values().map(|t| t + dead_after))
+            .chain(
+                self.pending
+                    .as_ref()
+                    .map(|p| p.started_ms + self.config.handoff_timeout_ms),
+            )
+            .chain(self.retry_at)
+            .chain(self.recovering_until)
+            .min()
+    }
+
+    fn recovering(&self, now_ms: u64) -> bool {
+        self.recovering_until.is_some_and(|t| now_ms < t)
+    }
+
+    /// A restarted coordinator takes the newest ring its matchers report, under a version of
+    /// its own (above both), so that nothing moves and every version still only grows.
+    fn adopt(&mut self, ring: &Ring) {
+        if ring.members.is_empty() || self.adopted.is_some_and(|v| v >= ring.version) {
+            return;
+        }
+        self.adopted = Some(ring.version);
+        self.last_version = self.last_version.max(ring.version) + 1;
+        self.active = Ring {
+            version: self.last_version,
+            members: ring.members.clone(),
+            replicas: self.config.replicas,
+        };
+        self.generation += 1;
+        self.changes.push(Change::Adopted {
+            version: self.active.version,
+        });
+    }
+
+    /// The ring the members say it should be: alive (not draining) members, ordered by id.
+    fn desired(&self) -> Vec<RingMember> {
+        self.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Alive)
+            .map(|n| n.member.clone())
+            .collect()
+    }
+
+    fn step(&mut self, now_ms: u64) {
+        self.expire(now_ms);
+        if self.recovering(now_ms) {
+            let all_back = !self.active.members.is_empty()
+                && self
+                    .active
+                    .members
+                    .iter()
+                    .all(|m| self.nodes.contains_key(&m.id));
+            if !all_back {
+                return;
+            }
+        }
+        self.recovering_until = None;
+        if let Some(p) = &self.pending {
+            let lost = p
+                .ring
+                .members
+                .iter()
+                .map(|m| &m.id)
+                .chain(p.waiting.iter())
+                .find(|id| !self.nodes.contains_key(*id))
+                .cloned();
+            if let Some(id) = lost {
+                self.abort(format!("matcher {id} died during the handoff"));
+                // Try again at once without it: a death is not a reason to wait.
+            } else if p.waiting.is_empty() {
+                self.activate();
+            } else if now_ms >= p.started_ms + self.config.handoff_timeout_ms {
+                let waiting: Vec<&str> = p.waiting.iter().map(String::as_str).collect();
+                let reason = format!(
+                    "no confirmation from {} within {} ms",
+                    waiting.join(", "),
+                    self.config.handoff_timeout_ms
+                );
+                self.abort(reason);
+                self.retry_at = Some(now_ms + self.config.retry_after_ms);
+                return;
+            } else {
+                return;
+            }
+        }
+        if self.pending.is_some() || self.retry_at.is_some_and(|t| now_ms < t) {
+            return;
+        }
+        self.retry_at = None;
+        let desired = self.desired();
+        if desired == self.active.members {
+            return;
+        }
+        self.last_version += 1;
+        let ring = Ring {
+            version: self.last_version,
+            members: desired,
+            replicas: self.config.replicas,
+        };
+        // The live matchers of the active ring hold what moves; the others (joiners) only
+        // receive. A ring with nobody to hand over (the first one, or one after every old
+        // member died) is active at once.
+        let waiting: BTreeSet<String> = self
+            .active
+            .members
+            .iter()
+            .filter(|m| self.nodes.contains_key(&m.id))
+            .map(|m| m.id.clone())
+            .collect();
+        self.changes.push(Change::Announced {
+            version: ring.version,
+            waiting: waiting.iter().cloned().collect(),
+        });
+        self.pending = Some(Pending {
+            ring,
+            started_ms: now_ms,
+            waiting,
+        });
+        self.generation += 1;
+        if self.pending.as_ref().is_some_and(|p| p.waiting.is_empty()) {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.changes.push(Change::Activated {
+                version: p.ring.version,
+            });
+            self.active = p.ring;
+            self.generation += 1;
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        if let Some(p) = self.pending.take() {
+            self.changes.push(Change::Aborted {
+                version: p.ring.version,
+                reason,
+            });
+            self.generation += 1;
+        }
+    }
+
+    /// Drops the matchers silent for too long.
+    fn expire(&mut self, now_ms: u64) {
+        let dead_after = self.config.dead_after_ms;
         let dead: Vec<String> = self
             .nodes
             .values()
-            .filter(|n| now_ms.saturating_sub(n.last_seen_ms) >= self.dead_after_ms)
+            .filter(|n| now_ms.saturating_sub(n.last_seen_ms) >= dead_after)
             .map(|n| n.member.id.clone())
             .collect();
-        let mut changed = false;
-        for id in &dead {
-            if let Some(n) = self.nodes.remove(id) {
-                changed |= n.state == NodeState::Alive;
-            }
+        for id in dead {
+            self.nodes.remove(&id);
+            self.changes.push(Change::Died { node: id });
         }
-        if changed {
-            self.version += 1;
-        }
-        let dead_after = self.dead_after_ms;
         self.removed
             .retain(|_, at| now_ms.saturating_sub(*at) < dead_after);
-        dead
     }
+}
 
-    /// When [`Membership::expire`] may next drop someone.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.nodes
-            .values()
-            .map(|n| n.last_seen_ms)
-            .chain(self.removed.values().copied())
-            .map(|t| t + self.dead_after_ms)
-            .min()
+fn validate(member: &RingMember) -> Result<(), MembershipError> {
+    if member.id.is_empty() || member.id.len() > NODE_ID_BYTES_MAX {
+        return Err(MembershipError::Invalid(format!(
+            "id must be 1 to {NODE_ID_BYTES_MAX} bytes"
+        )));
     }
+    if member.weight == 0 || member.weight > WEIGHT_MAX {
+        return Err(MembershipError::Invalid(format!(
+            "weight must be 1 to {WEIGHT_MAX}"
+        )));
+    }
+    if !valid_addr(&member.addr) {
+        return Err(MembershipError::Invalid(format!(
+            "address must be host:port, at most {NODE_ADDR_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// `host:port` with a non-empty host and a port number, within the length limit.
@@ -236,166 +518,4 @@ fn valid_addr(addr: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(id: &str, weight: u32) -> RingMember {
-        RingMember {
-            id: id.into(),
-            addr: format!("127.0.0.1:{}", 7400 + weight),
-            weight,
-        }
-    }
-
-    fn ids(m: &Membership) -> Vec<String> {
-        m.ring().members.into_iter().map(|m| m.id).collect()
-    }
-
-    #[test]
-    fn join_drain_remove_and_death_bump_the_version() {
-        let mut m = Membership::new(2500, 0);
-        assert_eq!(m.register(0, member("b", 1)), Ok(true));
-        assert_eq!(m.register(0, member("a", 2)), Ok(true));
-        assert_eq!(
-            (ids(&m), m.version()),
-            (vec!["a".to_string(), "b".to_string()], 2)
-        );
-        // The same registration again changes nothing.
-        assert_eq!(m.register(100, member("a", 2)), Ok(false));
-        assert_eq!(m.version(), 2);
-        // A new weight is a new ring.
-        assert_eq!(m.register(100, member("a", 3)), Ok(true));
-        assert_eq!(m.version(), 3);
-        assert_eq!(m.drain("a"), Ok(true));
-        assert_eq!((ids(&m), m.version()), (vec!["b".to_string()], 4));
-        assert_eq!(m.drain("a"), Ok(false));
-        assert_eq!(m.status(200)[0].state, NodeState::Draining);
-        assert_eq!(
-            m.remove(200, "a"),
-            Ok(false),
-            "a draining member is already out of the ring"
-        );
-        assert_eq!(
-            m.remove(200, "a"),
-            Err(MembershipError::UnknownNode("a".into()))
-        );
-        // b stops heartbeating and dies at 2500 ms after its last sign of life.
-        assert_eq!(m.next_deadline(), Some(2500));
-        assert!(m.expire(2499).is_empty());
-        assert_eq!(m.expire(2500), vec!["b".to_string()]);
-        assert_eq!((ids(&m), m.version()), (Vec::<String>::new(), 5));
-        assert_eq!(
-            m.heartbeat(3000, "b"),
-            Err(MembershipError::UnknownNode("b".into()))
-        );
-    }
-
-    #[test]
-    fn heartbeats_keep_a_member_alive() {
-        let mut m = Membership::new(1000, 0);
-        m.register(0, member("a", 1)).unwrap();
-        for t in (500..10_000).step_by(500) {
-            m.heartbeat(t, "a").unwrap();
-            assert!(m.expire(t).is_empty());
-        }
-        assert_eq!(m.version(), 1);
-    }
-
-    #[test]
-    fn bad_members_are_refused() {
-        let mut m = Membership::new(1000, 0);
-        assert!(m.register(0, member("", 1)).is_err());
-        assert!(m.register(0, member("a", 0)).is_err());
-        assert!(m.register(0, member("a", WEIGHT_MAX + 1)).is_err());
-        for addr in [
-            String::new(),
-            "host".into(),
-            ":7401".into(),
-            "host:".into(),
-            "host:99999".into(),
-            format!("{}:1", "h".repeat(NODE_ADDR_BYTES_MAX)),
-        ] {
-            let bad = RingMember {
-                id: "a".into(),
-                addr: addr.clone(),
-                weight: 1,
-            };
-            assert!(
-                matches!(m.register(0, bad), Err(MembershipError::Invalid(_))),
-                "{addr:?}"
-            );
-        }
-        let ok = RingMember {
-            id: "a".into(),
-            addr: "[::1]:7401".into(),
-            weight: 1,
-        };
-        assert_eq!(m.register(0, ok), Ok(true));
-        assert_eq!(m.version(), 1);
-    }
-
-    #[test]
-    fn the_table_is_bounded() {
-        let mut m = Membership::new(1000, 0);
-        for i in 0..MEMBERS_MAX {
-            m.register(0, member(&format!("m{i}"), 1)).unwrap();
-        }
-        assert_eq!(
-            m.register(0, member("one-more", 1)),
-            Err(MembershipError::Full)
-        );
-        // A member already in may still register again.
-        assert_eq!(m.register(0, member("m0", 1)), Ok(false));
-    }
-
-    #[test]
-    fn versions_start_where_the_coordinator_says() {
-        let mut m = Membership::new(1000, 1_700_000_000_000);
-        m.register(0, member("a", 1)).unwrap();
-        assert_eq!(m.ring().version, 1_700_000_000_001);
-    }
-
-    #[test]
-    fn removal_needs_a_drain_and_stops_a_running_matcher() {
-        let mut m = Membership::new(1000, 0);
-        m.register(0, member("a", 1)).unwrap();
-        m.register(0, member("b", 1)).unwrap();
-        assert_eq!(
-            m.remove(10, "a"),
-            Err(MembershipError::NotDrained("a".into()))
-        );
-        m.drain("a").unwrap();
-        assert_eq!(m.remove(20, "a"), Ok(false));
-        assert_eq!(m.status(20).len(), 1);
-        // Still running, a's next heartbeat tells it it was removed (not "unknown", which
-        // would make it register again).
-        assert_eq!(
-            m.heartbeat(30, "a"),
-            Err(MembershipError::Removed("a".into()))
-        );
-        // The refusal lasts until a has been silent for dead_after...
-        m.heartbeat(500, "b").unwrap();
-        assert!(m.expire(500).is_empty());
-        assert_eq!(m.next_deadline(), Some(1020));
-        m.heartbeat(1000, "b").unwrap();
-        assert!(m.expire(1020).is_empty());
-        assert_eq!(
-            m.heartbeat(1020, "a"),
-            Err(MembershipError::UnknownNode("a".into()))
-        );
-        // ...and a restarted a registers as new.
-        let v = m.version();
-        assert_eq!(m.register(1100, member("a", 1)), Ok(true));
-        assert_eq!(m.version(), v + 1);
-    }
-
-    #[test]
-    fn a_restart_lifts_a_removal_at_once() {
-        let mut m = Membership::new(1000, 0);
-        m.register(0, member("a", 1)).unwrap();
-        m.drain("a").unwrap();
-        m.remove(10, "a").unwrap();
-        assert_eq!(m.register(20, member("a", 1)), Ok(true));
-        assert_eq!(m.heartbeat(30, "a"), Ok(()));
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::membership::{Membership, MembershipError};
+use crate::membership::{Change, Membership, MembershipError, TransitionConfig};
 
 /// Coordinator settings. `CoordinatorConfig::default()` is for production defaults; see each
 /// field for its unit and bounds.
@@ -33,6 +33,16 @@ pub struct CoordinatorConfig {
     /// When set, every connection (matchers, clients, operators) must present this token in
     /// `Hello` on a stream of its own before anything else.
     pub token: Option<String>,
+    /// The replication factor R, 1 ..= 5: an exact topic's subscriptions live on its R
+    /// successive owners, and acknowledged publishes are held by all of them. Default 1.
+    pub replicas: u32,
+    /// A ring transition whose handoff is not confirmed by every matcher within this is
+    /// aborted (the active ring stays) and tried again a second later. Default 10 s.
+    pub handoff_timeout: Duration,
+    /// After start, how long to wait for matchers to report the ring they serve with (a
+    /// restarted coordinator adopts it) before changing the ring. Default: `dead_after`;
+    /// zero for a cluster known to be new.
+    pub recovery: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -43,6 +53,27 @@ impl Default for CoordinatorConfig {
             frame_bytes_max: 64 * 1024,
             connections_max: 10_000,
             token: None,
+            replicas: 1,
+            handoff_timeout: Duration::from_secs(10),
+            recovery: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// The rings a matcher follows: the active one and, during a transition, the next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterState {
+    /// The ring clients route by.
+    pub active: Ring,
+    /// The announced next ring, while a transition is under way.
+    pub pending: Option<Ring>,
+}
+
+impl ClusterState {
+    fn frame(&self) -> Frame {
+        Frame::Cluster {
+            active: self.active.clone(),
+            pending: self.pending.clone(),
         }
     }
 }
@@ -50,11 +81,17 @@ impl Default for CoordinatorConfig {
 enum Input {
     Register {
         member: RingMember,
-        reply: oneshot::Sender<Result<Ring, MembershipError>>,
+        active: Option<Ring>,
+        draining: bool,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
     },
     Heartbeat {
         node: String,
         reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
+    Confirm {
+        node: String,
+        version: u64,
     },
     Nodes {
         reply: oneshot::Sender<Vec<sift_protocol::frame::NodeStatus>>,
@@ -73,6 +110,7 @@ enum Input {
 pub struct Coordinator {
     endpoint: quinn::Endpoint,
     ring: watch::Receiver<Ring>,
+    cluster: watch::Receiver<ClusterState>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -92,16 +130,35 @@ impl Coordinator {
         let first_version = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let membership = Membership::new(config.dead_after.as_millis() as u64, first_version);
+        let timing = TransitionConfig {
+            dead_after_ms: config.dead_after.as_millis() as u64,
+            handoff_timeout_ms: config.handoff_timeout.as_millis() as u64,
+            retry_after_ms: 1000,
+            replicas: config.replicas,
+            recovery_ms: config.recovery.as_millis() as u64,
+        };
+        let membership = Membership::new(timing, first_version, 0);
         let (ring_tx, ring_rx) = watch::channel(membership.ring());
+        let (cluster_tx, cluster_rx) = watch::channel(ClusterState {
+            active: membership.ring(),
+            pending: None,
+        });
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_LEN_MAX);
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(core_task(membership, input_rx, ring_tx, cancel.clone()));
+        let outputs = Outputs {
+            ring: ring_tx,
+            cluster: cluster_tx,
+        };
+        tasks.spawn(core_task(membership, input_rx, outputs, cancel.clone()));
+        let watches = Watches {
+            ring: ring_rx.clone(),
+            cluster: cluster_rx.clone(),
+        };
         tasks.spawn(accept_loop(
             endpoint.clone(),
             input_tx,
-            ring_rx.clone(),
+            watches,
             config,
             cancel.clone(),
             tasks.clone(),
@@ -110,6 +167,7 @@ impl Coordinator {
         Ok(Coordinator {
             endpoint,
             ring: ring_rx,
+            cluster: cluster_rx,
             cancel,
             tasks,
         })
@@ -125,9 +183,14 @@ impl Coordinator {
         self.ring.borrow().clone()
     }
 
-    /// A receiver that sees every new ring.
+    /// A receiver that sees every new active ring.
     pub fn watch(&self) -> watch::Receiver<Ring> {
         self.ring.clone()
+    }
+
+    /// A receiver that sees every change of the active or pending ring.
+    pub fn watch_cluster(&self) -> watch::Receiver<ClusterState> {
+        self.cluster.clone()
     }
 
     /// Stops accepting, closes connections and waits for the tasks to end.
@@ -141,10 +204,25 @@ impl Coordinator {
     }
 }
 
+/// Where the core task publishes rings.
+struct Outputs {
+    /// The active ring, for clients.
+    ring: watch::Sender<Ring>,
+    /// Active and pending, for matchers.
+    cluster: watch::Sender<ClusterState>,
+}
+
+/// The receiving ends of [`Outputs`], for the streams.
+#[derive(Clone)]
+struct Watches {
+    ring: watch::Receiver<Ring>,
+    cluster: watch::Receiver<ClusterState>,
+}
+
 async fn core_task(
     mut m: Membership,
     mut input: mpsc::Receiver<Input>,
-    ring_tx: watch::Sender<Ring>,
+    out: Outputs,
     cancel: CancellationToken,
 ) {
     let start = Instant::now();
@@ -153,7 +231,7 @@ async fn core_task(
         let deadline = m
             .next_deadline()
             .map(|ms| start + Duration::from_millis(ms));
-        let version = m.version();
+        let generation = m.generation();
         tokio::select! {
             _ = cancel.cancelled() => break,
             msg = input.recv() => match msg {
@@ -161,19 +239,51 @@ async fn core_task(
                 Some(msg) => handle(&mut m, now_ms(start), msg),
             },
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
-                for id in m.expire(now_ms(start)) {
-                    warn!(node = %id, "matcher missed its heartbeats; removed from the ring");
-                }
+                m.tick(now_ms(start));
             }
         }
-        if m.version() != version {
-            let ring = m.ring();
-            info!(
-                version = ring.version,
-                members = ring.members.len(),
-                "ring changed"
-            );
-            ring_tx.send_replace(ring);
+        log_changes(&mut m);
+        if m.generation() != generation {
+            let state = ClusterState {
+                active: m.ring(),
+                pending: m.pending().cloned(),
+            };
+            if *out.ring.borrow() != state.active {
+                out.ring.send_replace(state.active.clone());
+            }
+            out.cluster.send_replace(state);
+        }
+    }
+}
+
+fn log_changes(m: &mut Membership) {
+    for change in m.drain_changes() {
+        match change {
+            Change::Announced { version, waiting } => {
+                let ring = m.pending().map_or(0, |r| r.members.len());
+                info!(
+                    version,
+                    members = ring,
+                    ?waiting,
+                    "next ring announced; waiting for handoffs"
+                )
+            }
+            Change::Activated { version } => {
+                info!(version, members = m.ring().members.len(), "ring activated")
+            }
+            Change::Aborted { version, reason } => {
+                warn!(version, %reason, "ring transition aborted; the active ring stays")
+            }
+            Change::Died { node } => {
+                warn!(%node, "matcher missed its heartbeats; it leaves the ring")
+            }
+            Change::Adopted { version } => {
+                info!(
+                    version,
+                    members = m.ring().members.len(),
+                    "adopted the ring the matchers serve with"
+                )
+            }
         }
     }
 }
@@ -181,20 +291,26 @@ async fn core_task(
 fn handle(m: &mut Membership, now: u64, msg: Input) {
     // A dropped reply means the requester went away; nothing to do.
     match msg {
-        Input::Register { member, reply } => {
-            let _ = reply.send(m.register(now, member).map(|_| m.ring()));
+        Input::Register {
+            member,
+            active,
+            draining,
+            reply,
+        } => {
+            let _ = reply.send(m.register(now, member, active.as_ref(), draining));
         }
         Input::Heartbeat { node, reply } => {
             let _ = reply.send(m.heartbeat(now, &node));
         }
+        Input::Confirm { node, version } => m.confirm(now, &node, version),
         Input::Nodes { reply } => {
             let _ = reply.send(m.status(now));
         }
         Input::Drain { node, reply } => {
-            let _ = reply.send(m.drain(&node).map(|_| ()));
+            let _ = reply.send(m.drain(now, &node).map(|_| ()));
         }
         Input::Remove { node, reply } => {
-            let _ = reply.send(m.remove(now, &node).map(|_| ()));
+            let _ = reply.send(m.remove(now, &node));
         }
     }
 }
@@ -202,7 +318,7 @@ fn handle(m: &mut Membership, now: u64, msg: Input) {
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     input: mpsc::Sender<Input>,
-    ring: watch::Receiver<Ring>,
+    watches: Watches,
     config: CoordinatorConfig,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -221,8 +337,12 @@ async fn accept_loop(
             incoming.refuse();
             continue;
         };
-        let (input, ring, cancel2, tasks2) =
-            (input.clone(), ring.clone(), cancel.clone(), tasks.clone());
+        let (input, watches2, cancel2, tasks2) = (
+            input.clone(),
+            watches.clone(),
+            cancel.clone(),
+            tasks.clone(),
+        );
         let max = config.frame_bytes_max;
         let token = config.token.clone();
         tasks.spawn(async move {
@@ -232,7 +352,7 @@ async fn accept_loop(
                 Err(e) => return debug!(error = %e, "handshake failed"),
             };
             let span = tracing::info_span!("conn", peer = %conn.remote_address());
-            serve_connection(conn, input, ring, max, token, cancel2, tasks2)
+            serve_connection(conn, input, watches2, max, token, cancel2, tasks2)
                 .instrument(span)
                 .await;
         });
@@ -242,7 +362,7 @@ async fn accept_loop(
 async fn serve_connection(
     conn: quinn::Connection,
     input: mpsc::Sender<Input>,
-    ring: watch::Receiver<Ring>,
+    watches: Watches,
     max: usize,
     token: Option<String>,
     cancel: CancellationToken,
@@ -265,7 +385,7 @@ async fn serve_connection(
             input: input.clone(),
             auth: auth.clone(),
         };
-        tasks.spawn(stream.serve(ring.clone(), cancel.clone()));
+        tasks.spawn(stream.serve(watches.clone(), cancel.clone()));
     }
 }
 
@@ -316,7 +436,8 @@ impl Stream {
     }
 
     /// Serves one stream: its first frame says what it is for.
-    async fn serve(mut self, ring: watch::Receiver<Ring>, cancel: CancellationToken) {
+    async fn serve(mut self, watches: Watches, cancel: CancellationToken) {
+        let ring = watches.ring;
         let first = tokio::select! {
             _ = cancel.cancelled() => return,
             f = self.reader.next() => f,
@@ -338,8 +459,15 @@ impl Stream {
                 message: "this coordinator requires a token: send Hello first".into(),
                 ring_version: None,
             }),
-            Ok(Some(Frame::Register { req, member })) => {
-                return self.register(req, member, cancel).await
+            Ok(Some(Frame::Register {
+                req,
+                member,
+                active,
+                draining,
+            })) => {
+                return self
+                    .register(req, member, active, draining, watches.cluster, cancel)
+                    .await
             }
             Ok(Some(Frame::Watch { req })) => return self.watch(req, ring, cancel).await,
             Ok(Some(Frame::RingFetch { req })) => Frame::Ring {
@@ -395,24 +523,51 @@ impl Stream {
         }
     }
 
-    async fn register(mut self, req: RequestId, member: RingMember, cancel: CancellationToken) {
+    /// A matcher's register stream: the cluster state now and after every change; its
+    /// heartbeats and handoff confirmations.
+    async fn register(
+        mut self,
+        req: RequestId,
+        member: RingMember,
+        active: Option<Ring>,
+        draining: bool,
+        mut cluster: watch::Receiver<ClusterState>,
+        cancel: CancellationToken,
+    ) {
         let id = member.id.clone();
-        let reply = match self.ask(|reply| Input::Register { member, reply }).await {
-            Some(Ok(ring)) => Frame::Ring {
-                req: Some(req),
-                ring,
-            },
+        let answer = self
+            .ask(|reply| Input::Register {
+                member,
+                active,
+                draining,
+                reply,
+            })
+            .await;
+        let reply = match answer {
+            // The core publishes right after answering: a state read here that misses this
+            // registration is followed at once by the one that has it.
+            Some(Ok(())) => cluster.borrow_and_update().frame(),
             Some(Err(e)) => membership_error(req, e),
             None => return,
         };
-        if self.writer.send(&reply).await.is_err() {
+        let refused = matches!(reply, Frame::Error(_));
+        if self.writer.send(&reply).await.is_err() || refused {
             return;
         }
         info!(node = %id, "matcher registered");
-        // Heartbeats follow on the same stream.
         loop {
             let frame = tokio::select! {
                 _ = cancel.cancelled() => break,
+                changed = cluster.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let state = cluster.borrow_and_update().frame();
+                    if self.writer.send(&state).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 f = self.reader.next() => f,
             };
             let reply = match frame {
@@ -421,6 +576,24 @@ impl Stream {
                         Some(Ok(())) => Frame::Ok { req },
                         Some(Err(e)) => membership_error(req, e),
                         None => break,
+                    }
+                }
+                Ok(Some(Frame::Confirm { req, node, version })) => {
+                    if node != id {
+                        error_frame(
+                            req,
+                            ErrorCode::Forbidden,
+                            format!("{id} cannot confirm for {node}"),
+                        )
+                    } else if self
+                        .input
+                        .send(Input::Confirm { node, version })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    } else {
+                        Frame::Ok { req }
                     }
                 }
                 Ok(Some(other)) => error_frame(
@@ -485,7 +658,8 @@ fn request_id(f: &Frame) -> Option<RequestId> {
         | Frame::RingFetch { req }
         | Frame::AdminNodes { req }
         | Frame::AdminDrain { req, .. }
-        | Frame::AdminRemove { req, .. } => Some(*req),
+        | Frame::AdminRemove { req, .. }
+        | Frame::Confirm { req, .. } => Some(*req),
         _ => None,
     }
 }

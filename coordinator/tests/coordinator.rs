@@ -30,6 +30,7 @@ async fn fixture_with(dead_after: Duration, token: Option<&str>) -> Fixture {
         listen: ([127, 0, 0, 1], 0).into(),
         dead_after,
         token: token.map(Into::into),
+        recovery: Duration::ZERO,
         ..Default::default()
     };
     let coordinator = Coordinator::start(config, server_config(&cert, None).unwrap()).unwrap();
@@ -75,8 +76,32 @@ async fn next_ring(r: &mut FrameReader) -> Ring {
     }
 }
 
+/// The next cluster state pushed on a register stream (answers to heartbeats skipped).
+async fn next_cluster(r: &mut FrameReader) -> (Ring, Option<Ring>) {
+    loop {
+        match r.next().await.unwrap().unwrap() {
+            Frame::Cluster { active, pending } => return (active, pending),
+            Frame::Ok { .. } => continue,
+            other => panic!("expected the cluster state, got {other:?}"),
+        }
+    }
+}
+
+fn register(id: &str, req: u64) -> Frame {
+    Frame::Register {
+        req,
+        member: member(id),
+        active: None,
+        draining: false,
+    }
+}
+
+fn ids(r: &Ring) -> Vec<&str> {
+    r.members.iter().map(|m| m.id.as_str()).collect()
+}
+
 #[tokio::test]
-async fn watchers_see_every_ring_change() {
+async fn rings_change_in_two_steps_and_watchers_see_only_active_rings() {
     let f = fixture(Duration::from_secs(5)).await;
     let run = async {
         let (mut watch_w, mut watch_r) = open(&f.conn).await;
@@ -86,24 +111,50 @@ async fn watchers_see_every_ring_change() {
         assert!(v0 > 1_600_000_000_000, "{v0}");
 
         let (mut m1, mut m1r) = open(&f.conn).await;
-        m1.send(&Frame::Register {
-            req: 2,
-            member: member("m1"),
-        })
-        .await
-        .unwrap();
-        let ring = next_ring(&mut m1r).await;
-        assert_eq!((ring.version, ring.members.len()), (v0 + 1, 1));
+        m1.send(&register("m1", 2)).await.unwrap();
+        // The first ring has nobody to hand over from: active at once.
+        let (mut active, mut pending) = next_cluster(&mut m1r).await;
+        if active.members.is_empty() {
+            (active, pending) = next_cluster(&mut m1r).await;
+        }
+        assert_eq!((active.version, ids(&active)), (v0 + 1, vec!["m1"]));
+        assert_eq!(pending, None);
         assert_eq!(next_ring(&mut watch_r).await.version, v0 + 1);
 
+        // m2 joins: the next ring is announced to both, not yet active.
         let (mut m2, mut m2r) = open(&f.conn).await;
-        m2.send(&Frame::Register {
-            req: 3,
-            member: member("m2"),
+        m2.send(&register("m2", 3)).await.unwrap();
+        let (active, pending) = next_cluster(&mut m1r).await;
+        let pending = pending.expect("announced");
+        assert_eq!((active.version, ids(&pending)), (v0 + 1, vec!["m1", "m2"]));
+        let (_, p2) = next_cluster(&mut m2r).await;
+        assert_eq!(p2.as_ref(), Some(&pending));
+        // Clients still see the active ring.
+        let Frame::Ring { ring, .. } = request(&f.conn, Frame::RingFetch { req: 40 }).await else {
+            panic!()
+        };
+        assert_eq!(ring.version, v0 + 1);
+        // m2 cannot confirm for m1; m1 confirms its handoff and the ring activates.
+        m2.send(&Frame::Confirm {
+            req: 41,
+            node: "m1".into(),
+            version: pending.version,
         })
         .await
         .unwrap();
-        assert_eq!(next_ring(&mut m2r).await.members.len(), 2);
+        let Some(Frame::Error(e)) = m2r.next().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        m1.send(&Frame::Confirm {
+            req: 42,
+            node: "m1".into(),
+            version: pending.version,
+        })
+        .await
+        .unwrap();
+        let (active, pending_after) = next_cluster(&mut m1r).await;
+        assert_eq!((active.version, pending_after), (pending.version, None));
         assert_eq!(next_ring(&mut watch_r).await.version, v0 + 2);
 
         // Heartbeats are answered on the register stream.
@@ -145,6 +196,36 @@ async fn watchers_see_every_ring_change() {
             .await,
             Frame::Ok { req: 6 }
         );
+        // The drain is a transition: both hand over, then it is active.
+        let pending = loop {
+            // m2 first sees the activation of the ring it joined.
+            if let (_, Some(p)) = next_cluster(&mut m2r).await {
+                break p;
+            }
+        };
+        assert_eq!(ids(&pending), vec!["m1"]);
+        // Not removable while its drain is under way.
+        let Frame::Error(e) = request(
+            &f.conn,
+            Frame::AdminRemove {
+                req: 51,
+                node: "m2".into(),
+            },
+        )
+        .await
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        for (w, id, req) in [(&mut m1, "m1", 60), (&mut m2, "m2", 61)] {
+            w.send(&Frame::Confirm {
+                req,
+                node: id.into(),
+                version: pending.version,
+            })
+            .await
+            .unwrap();
+        }
         let ring = next_ring(&mut watch_r).await;
         assert_eq!((ring.version, ring.members.len()), (v0 + 3, 1));
         let Frame::Nodes { nodes, .. } = request(&f.conn, Frame::AdminNodes { req: 7 }).await
@@ -185,20 +266,18 @@ async fn watchers_see_every_ring_change() {
         })
         .await
         .unwrap();
-        let Some(Frame::Error(e)) = m2r.next().await.unwrap() else {
-            panic!()
+        let e = loop {
+            match m2r.next().await.unwrap() {
+                Some(Frame::Error(e)) => break e,
+                Some(Frame::Cluster { .. } | Frame::Ok { .. }) => continue,
+                other => panic!("{other:?}"),
+            }
         };
         assert_eq!((e.req, e.code), (Some(11), ErrorCode::Forbidden));
         let Frame::Ring { ring, .. } = request(&f.conn, Frame::RingFetch { req: 10 }).await else {
             panic!()
         };
-        assert_eq!(
-            ring.members
-                .iter()
-                .map(|m| m.id.as_str())
-                .collect::<Vec<_>>(),
-            vec!["m1"]
-        );
+        assert_eq!(ids(&ring), vec!["m1"]);
     };
     tokio::time::timeout(LIMIT, run).await.unwrap();
     f.coordinator.shutdown().await;
@@ -213,13 +292,8 @@ async fn a_silent_matcher_is_declared_dead() {
         watch_w.send(&Frame::Watch { req: 1 }).await.unwrap();
         assert_eq!(next_ring(&mut watch_r).await.members.len(), 0);
         let (mut m1, mut m1r) = open(&f.conn).await;
-        m1.send(&Frame::Register {
-            req: 2,
-            member: member("m1"),
-        })
-        .await
-        .unwrap();
-        next_ring(&mut m1r).await;
+        m1.send(&register("m1", 2)).await.unwrap();
+        next_cluster(&mut m1r).await;
         assert_eq!(next_ring(&mut watch_r).await.members.len(), 1);
         // No heartbeat: the next push is the ring without it.
         let ring = next_ring(&mut watch_r).await;
@@ -231,8 +305,12 @@ async fn a_silent_matcher_is_declared_dead() {
         })
         .await
         .unwrap();
-        let Some(Frame::Error(e)) = m1r.next().await.unwrap() else {
-            panic!()
+        let e = loop {
+            match m1r.next().await.unwrap() {
+                Some(Frame::Error(e)) => break e,
+                Some(Frame::Cluster { .. }) => continue,
+                other => panic!("{other:?}"),
+            }
         };
         assert_eq!(e.code, ErrorCode::UnknownNode);
     };
@@ -253,6 +331,8 @@ async fn bad_requests_get_typed_errors_and_the_coordinator_keeps_serving() {
         w.send(&Frame::Register {
             req: 1,
             member: bad,
+            active: None,
+            draining: false,
         })
         .await
         .unwrap();
@@ -292,10 +372,7 @@ async fn a_token_guards_every_request() {
                 req: 2,
                 node: "m1".into(),
             },
-            Frame::Register {
-                req: 3,
-                member: member("m1"),
-            },
+            register("m1", 3),
         ] {
             let Frame::Error(e) = request(&f.conn, frame).await else {
                 panic!()

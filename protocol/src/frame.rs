@@ -134,6 +134,30 @@ pub struct Ring {
     pub version: u64,
     /// Members, ordered by id.
     pub members: Vec<RingMember>,
+    /// The replication factor R: an exact topic's subscriptions live on its R distinct
+    /// successive owners (fewer when the ring has fewer members). At least 1.
+    pub replicas: u32,
+}
+
+impl Ring {
+    /// A ring of `members` at `version` with one owner per topic.
+    pub fn new(version: u64, members: Vec<RingMember>) -> Ring {
+        Ring {
+            version,
+            members,
+            replicas: 1,
+        }
+    }
+
+    /// The empty ring a node starts with before it hears from the coordinator (version 0).
+    pub fn empty() -> Ring {
+        Ring::new(0, Vec::new())
+    }
+
+    /// True when `id` is a member.
+    pub fn contains(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
 }
 
 /// A matcher's state as the coordinator sees it.
@@ -228,6 +252,9 @@ pub enum Frame {
         sub: SubscriptionId,
         /// The delivery acknowledged.
         delivery: u64,
+        /// The event acknowledged: what the matcher goes by, since a notification handed
+        /// over from another matcher keeps its event but not its delivery number.
+        event: EventId,
     },
     /// A subscription ended (matcher → subscriber).
     Ended {
@@ -258,13 +285,51 @@ pub enum Frame {
         token: Option<String>,
     },
     /// A matcher joins (or updates its address or weight) (matcher → coordinator). The
-    /// stream then carries its heartbeats.
+    /// coordinator answers with [`Frame::Cluster`] and pushes every later change on the same
+    /// stream, which then carries the matcher's heartbeats and confirmations.
     Register {
         /// Request id.
         req: RequestId,
         /// Identity, address and weight.
         member: RingMember,
+        /// The ring this matcher serves with, if it has one: a restarted coordinator adopts
+        /// the newest of these instead of building a ring from scratch.
+        active: Option<Ring>,
+        /// The matcher is in lame-duck drain: it stays out of the ring.
+        draining: bool,
     },
+    /// The cluster's rings (coordinator → matcher, on its register stream): the active ring,
+    /// and the next one while a transition is under way (announced, not yet active: old
+    /// owners hand their moving topics over, then confirm).
+    Cluster {
+        /// The ring clients route by.
+        active: Ring,
+        /// The announced next ring, if a transition is under way.
+        pending: Option<Ring>,
+    },
+    /// A matcher has handed over everything the pending ring `version` moves away from it
+    /// and its receivers confirmed it (matcher → coordinator, on its register stream).
+    Confirm {
+        /// Request id.
+        req: RequestId,
+        /// The matcher's id.
+        node: String,
+        /// The pending ring's version.
+        version: u64,
+    },
+    /// First frame of a matcher-to-matcher stream: who is speaking and the cluster
+    /// credential. Peer frames are taken only on streams that presented it.
+    PeerHello {
+        /// Request id.
+        req: RequestId,
+        /// The sending matcher's id.
+        node: String,
+        /// The cluster token.
+        token: Option<String>,
+    },
+    /// A matcher-to-matcher message (handoff, replication, liveness), no answer frame: the
+    /// answers are peer messages themselves.
+    Peer(crate::peer::PeerFrame),
     /// A matcher is alive (matcher → coordinator, on its register stream).
     Heartbeat {
         /// Request id.

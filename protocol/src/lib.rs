@@ -9,6 +9,7 @@ pub mod event;
 pub mod filter;
 pub mod frame;
 pub mod limits;
+pub mod peer;
 pub mod ring;
 pub mod topic;
 pub mod value;

@@ -69,13 +69,23 @@ impl Hash for VNode {
     }
 }
 
+/// Largest replication factor a ring may ask for.
+pub const REPLICAS_MAX: u32 = 5;
+
 /// A ring ready for lookups.
 #[derive(Clone, Debug)]
 pub struct Placement {
     version: u64,
     members: Vec<RingMember>,
+    replicas: usize,
     ring: HashRing<VNode, RingHash>,
+    /// The virtual nodes' points in ring order (as `hashring` orders them) with their member,
+    /// for walking to a topic's successive distinct owners.
+    points: Vec<(u64, usize)>,
 }
+
+/// Up to [`REPLICAS_MAX`] owners of one topic, primary first.
+pub type Owners<'a> = smallvec::SmallVec<[&'a RingMember; REPLICAS_MAX as usize]>;
 
 impl Placement {
     /// Builds the placement of `ring`. Members with weight 0 own nothing.
@@ -90,12 +100,72 @@ impl Placement {
                 });
             }
         }
+        let mut points: Vec<(u64, usize)> = vnodes
+            .iter()
+            .map(|v| (RingHash.hash_one(Key(v.key.as_bytes())), v.member))
+            .collect();
+        // Stable, like `hashring`'s own sort, so equal points keep the same order.
+        points.sort_by_key(|p| p.0);
         hr.batch_add(vnodes);
         Placement {
             version: ring.version,
             members: ring.members.clone(),
+            replicas: ring.replicas.clamp(1, REPLICAS_MAX) as usize,
             ring: hr,
+            points,
         }
+    }
+
+    /// The replication factor R (at least 1).
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// The ring this placement was built from.
+    pub fn ring(&self) -> Ring {
+        Ring {
+            version: self.version,
+            members: self.members.clone(),
+            replicas: self.replicas as u32,
+        }
+    }
+
+    /// True when the member `id` is in the ring.
+    pub fn contains(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// The owners of `topic`: the first R distinct members met walking the ring from the
+    /// topic's point, the primary ([`Placement::owner`]) first. Fewer when the ring has fewer
+    /// members; empty for an empty ring.
+    pub fn owners(&self, topic: &str) -> Owners<'_> {
+        self.owners_n(topic, self.replicas)
+    }
+
+    /// The first `n` distinct owners of `topic` (see [`Placement::owners`]).
+    pub fn owners_n(&self, topic: &str, n: usize) -> Owners<'_> {
+        let mut out = Owners::new();
+        if self.points.is_empty() {
+            return out;
+        }
+        let want = n.min(self.members.len()).min(REPLICAS_MAX as usize);
+        let k = RingHash.hash_one(Key(topic.as_bytes()));
+        let start = self.points.partition_point(|p| p.0 < k);
+        for i in 0..self.points.len() {
+            let member = &self.members[self.points[(start + i) % self.points.len()].1];
+            if !out.iter().any(|m| m.id == member.id) {
+                out.push(member);
+                if out.len() == want {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// True when member `id` is one of `topic`'s owners.
+    pub fn is_owner(&self, topic: &str, id: &str) -> bool {
+        self.owners(topic).iter().any(|m| m.id == id)
     }
 
     /// The ring's version.
@@ -149,9 +219,9 @@ mod tests {
     use super::*;
 
     fn ring(members: &[(&str, u32)]) -> Ring {
-        Ring {
-            version: 1,
-            members: members
+        Ring::new(
+            1,
+            members
                 .iter()
                 .map(|(id, w)| RingMember {
                     id: (*id).into(),
@@ -159,7 +229,36 @@ mod tests {
                     weight: *w,
                 })
                 .collect(),
+        )
+    }
+
+    #[test]
+    fn owners_walk_to_distinct_successors_primary_first() {
+        let mut r = ring(&[("a", 1), ("b", 1), ("c", 2), ("d", 1)]);
+        r.replicas = 3;
+        let p = Placement::new(&r);
+        let mut second = [0usize; 4];
+        for i in 0..20_000 {
+            let t = format!("t.{i}");
+            let owners = p.owners(&t);
+            assert_eq!(owners.len(), 3);
+            assert_eq!(owners[0].id, p.owner(&t).unwrap().id, "{t}");
+            let mut ids: Vec<&str> = owners.iter().map(|m| m.id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), 3, "distinct owners for {t}");
+            second[p
+                .members()
+                .iter()
+                .position(|m| m.id == owners[1].id)
+                .unwrap()] += 1;
         }
+        // Every member is somebody's second owner.
+        assert!(second.iter().all(|&n| n > 1000), "{second:?}");
+        // More replicas than members: every member, once.
+        r.replicas = 5;
+        assert_eq!(Placement::new(&r).owners("x").len(), 4);
+        assert!(Placement::new(&ring(&[])).owners("x").is_empty());
     }
 
     #[test]

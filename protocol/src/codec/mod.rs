@@ -127,6 +127,11 @@ impl EncodedEvent {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+
+    /// The event back, decoded (to hand an unacknowledged notification to another matcher).
+    pub fn decode(&self) -> Result<crate::event::Event, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(&self.bytes)
+    }
 }
 
 /// Appends a `Frame::Notify` for `event` to `out`: byte for byte what [`encode`] produces for

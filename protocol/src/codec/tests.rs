@@ -78,7 +78,14 @@ fn every_frame() -> Vec<Frame> {
             redelivered: true,
             event: event(&[0, 255]),
         }),
-        Frame::Ack { sub, delivery: 9 },
+        Frame::Ack {
+            sub,
+            delivery: 9,
+            event: EventId {
+                publisher: PublisherId(7),
+                seq: 3,
+            },
+        },
         Frame::Ended {
             sub,
             reason: EndReason::Expired,
@@ -93,6 +100,7 @@ fn every_frame() -> Vec<Frame> {
                     addr: "127.0.0.1:7401".into(),
                     weight: 2,
                 }],
+                replicas: 2,
             },
         },
         Frame::Error(ErrorFrame {
@@ -118,7 +126,53 @@ fn every_frame() -> Vec<Frame> {
                 addr: "[::1]:7402".into(),
                 weight: 1,
             },
+            active: Some(Ring::new(3, vec![])),
+            draining: true,
         },
+        Frame::Cluster {
+            active: Ring::new(3, vec![]),
+            pending: Some(Ring::new(4, vec![])),
+        },
+        Frame::Confirm {
+            req: 14,
+            node: "m2".into(),
+            version: 4,
+        },
+        Frame::PeerHello {
+            req: 15,
+            node: "m1".into(),
+            token: Some("cluster".into()),
+        },
+        Frame::Peer(crate::peer::PeerFrame {
+            epoch: 3,
+            msg: crate::peer::PeerMsg::Hold {
+                seq: 1,
+                dispatcher: "m1".into(),
+                events: vec![event(&[1])],
+            },
+        }),
+        Frame::Peer(crate::peer::PeerFrame {
+            epoch: 3,
+            msg: crate::peer::PeerMsg::Tail {
+                seq: 2,
+                subs: vec![crate::peer::SubTail {
+                    image: crate::peer::SubImage {
+                        id: sub,
+                        pattern: "a.>".into(),
+                        filter: "x > 1".into(),
+                        group: None,
+                        mode: DeliveryMode::AtLeastOnce,
+                        remaining_ms: 1000,
+                        renewable: true,
+                    },
+                    unacked: vec![crate::peer::TailItem {
+                        event: event(&[2]),
+                        sent: true,
+                        due_in_ms: 5,
+                    }],
+                }],
+            },
+        }),
         Frame::Heartbeat {
             req: 11,
             node: "m2".into(),
