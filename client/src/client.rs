@@ -309,10 +309,7 @@ impl Client {
 
     /// The current ring, if known.
     pub fn ring(&self) -> Option<Ring> {
-        self.inner.ring.borrow().as_ref().map(|p| Ring {
-            version: p.version(),
-            members: p.members().to_vec(),
-        })
+        self.inner.ring.borrow().as_ref().map(|p| p.ring())
     }
 
     /// A receiver of ring changes, for applications that follow the topology.

@@ -92,6 +92,7 @@ impl Acker {
                 Frame::Ack {
                     sub: self.sub,
                     delivery: self.delivery,
+                    event: self.event,
                 },
             )
             .await

@@ -18,17 +18,16 @@ use sift_protocol::ring::Placement;
 
 /// A topic that `owner` owns in a ring of `ids` (ring placement depends on ids only).
 fn topic_owned_by(ids: &[&str], owner: &str) -> String {
-    let ring = Ring {
-        version: 1,
-        members: ids
-            .iter()
+    let ring = Ring::new(
+        1,
+        ids.iter()
             .map(|id| RingMember {
                 id: (*id).into(),
                 addr: "x:1".into(),
                 weight: 1,
             })
             .collect(),
-    };
+    );
     let p = Placement::new(&ring);
     (0..)
         .map(|i| format!("moving.{i}"))

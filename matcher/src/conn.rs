@@ -58,6 +58,7 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
             shared: shared.clone(),
             authed: authed.clone(),
             peer: peer.clone(),
+            peer_node: std::sync::OnceLock::new(),
         };
         shared.tasks.spawn(stream.serve(send, recv));
     }
@@ -72,6 +73,8 @@ struct RequestStream {
     authed: Arc<AtomicBool>,
     /// This connection presented the gossip peer token.
     peer: Arc<AtomicBool>,
+    /// The matcher this stream speaks for, once it sent `PeerHello` (partitioned mode).
+    peer_node: std::sync::OnceLock<String>,
 }
 
 fn error(req: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -151,6 +154,43 @@ impl RequestStream {
     }
 
     async fn handle(&self, frame: Frame) -> Option<Answer> {
+        if let Frame::PeerHello { req, node, token } = &frame {
+            // Another matcher (partitioned mode): it presents the cluster token.
+            let ok = self.shared.config.coordinator.is_some()
+                && self
+                    .shared
+                    .config
+                    .coordinator_token
+                    .as_ref()
+                    .is_none_or(|t| Some(t) == token.as_ref());
+            if !ok {
+                return Some(now(error(
+                    Some(*req),
+                    ErrorCode::Unauthorized,
+                    "peer frames need a matcher of a cluster and the cluster token",
+                )));
+            }
+            self.authed.store(true, Ordering::Relaxed);
+            let _ = self.peer_node.set(node.clone());
+            return Some(now(Frame::Ok { req: *req }));
+        }
+        if let Frame::Peer(pf) = frame {
+            let Some(from) = self.peer_node.get().cloned() else {
+                return Some(now(error(
+                    None,
+                    ErrorCode::Unauthorized,
+                    "send PeerHello with the cluster token first",
+                )));
+            };
+            let (tx, rx) = oneshot::channel();
+            let input = Input::Peer {
+                from,
+                frame: pf,
+                reply: tx,
+            };
+            let _ = self.shared.core.send(input).await;
+            return Some(Box::pin(async move { rx.await.ok().map(Frame::Peer) }));
+        }
         if let Frame::Hello { req, token } = &frame {
             let peer = self
                 .shared
@@ -195,6 +235,7 @@ impl RequestStream {
                         conn,
                         sub: new,
                         filter_source: s.filter.clone(),
+                        ring_version: s.ring_version,
                         reply,
                     })
                     .await;
@@ -264,14 +305,14 @@ impl RequestStream {
                     .await;
                 later(Some(req), rx, move |()| Some(Frame::Ok { req }))
             }
-            Frame::Ack { sub, delivery } => {
+            Frame::Ack { sub, event, .. } => {
                 let _ = self
                     .shared
                     .core
                     .send(Input::Ack {
                         conn,
                         id: sub,
-                        delivery,
+                        event,
                     })
                     .await;
                 return None;
@@ -381,6 +422,7 @@ impl RequestStream {
                     topic,
                     event: p.event,
                     acked: false,
+                    ring_version: p.ring_version,
                     reply: Some(tx),
                 };
                 let _ = self.shared.core.send(input).await;
@@ -397,6 +439,7 @@ impl RequestStream {
                         topic,
                         event: p.event,
                         acked: true,
+                        ring_version: p.ring_version,
                         reply: Some(reply),
                     })
                     .await;

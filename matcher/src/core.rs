@@ -9,9 +9,13 @@ use std::time::Duration;
 use hashbrown::{HashMap, HashSet};
 use sift_matcher_core::delivery::{AckWindow, DedupWindow};
 use sift_matcher_core::gossip::{self, Effects, Gossip, Message, NodeId, Update};
+use sift_matcher_core::handoff::{Incoming, Outgoing, Placed};
 use sift_matcher_core::{Engine, EngineConfig, Match, NewSubscription, SetFilterError, Timestamp};
 use sift_protocol::codec::EncodedEvent;
-use sift_protocol::frame::{EndReason, ErrorCode, ErrorFrame, Frame, Ring, RingMember};
+use sift_protocol::frame::{
+    EndReason, ErrorCode, ErrorFrame, ExpirySpec, Frame, GroupSpec, Ring, RingMember,
+};
+use sift_protocol::peer::PeerFrame;
 use sift_protocol::ring::Placement;
 use sift_protocol::{DeliveryMode, Event, EventId, Filter, Pattern, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot};
@@ -19,8 +23,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod transition;
+
 use crate::config::{GossipConfig, MatcherConfig, SlowConsumer};
 use crate::mesh::MeshCmd;
+use crate::peer::PeerLinks;
 use crate::queue::{DeliveryQueue, Item, Pushed};
 use crate::replica::{unix_ms, SubRecord};
 
@@ -61,6 +68,8 @@ pub(crate) enum Input {
         sub: NewSubscription,
         /// The filter as the client wrote it (what gossip replicates).
         filter_source: String,
+        /// The ring version the client placed it by.
+        ring_version: u64,
         reply: oneshot::Sender<Result<(u64, Arc<DeliveryQueue>), Refusal>>,
     },
     Unsubscribe {
@@ -84,17 +93,34 @@ pub(crate) enum Input {
         topic: Topic,
         event: Event,
         acked: bool,
+        /// The ring version the publisher routed by.
+        ring_version: u64,
         reply: Option<oneshot::Sender<Result<(), Refusal>>>,
     },
     Ack {
         conn: ConnId,
         id: SubscriptionId,
-        delivery: u64,
+        event: EventId,
     },
     Closed {
         conn: ConnId,
     },
-    Ring(Ring),
+    /// The coordinator's view: the active ring and the announced next one.
+    Cluster {
+        active: Ring,
+        pending: Option<Ring>,
+    },
+    /// A message from another matcher, answered with one.
+    Peer {
+        from: String,
+        frame: PeerFrame,
+        reply: oneshot::Sender<PeerFrame>,
+    },
+    /// An answer from another matcher to a message this one sent.
+    PeerAnswer {
+        from: String,
+        frame: PeerFrame,
+    },
     RingNow {
         reply: oneshot::Sender<Ring>,
     },
@@ -117,16 +143,28 @@ pub(crate) enum Input {
 }
 
 struct Alo {
-    window: AckWindow<Arc<EncodedEvent>>,
+    window: AckWindow<EventId, Arc<EncodedEvent>>,
     /// Events waiting for room in the window.
-    backlog: VecDeque<Arc<EncodedEvent>>,
+    backlog: VecDeque<(EventId, Arc<EncodedEvent>)>,
     /// Encoded bytes in `backlog`.
     backlog_bytes: usize,
 }
 
+/// A subscription as its client asked for it: what a handoff sends.
+struct Spec {
+    pattern: String,
+    filter: String,
+    group: Option<GroupSpec>,
+    mode: DeliveryMode,
+    expiry: ExpirySpec,
+}
+
 struct Sub {
-    conn: ConnId,
+    /// The client connection it is delivered on; `None` for one handed over from another
+    /// matcher whose client has not attached here yet (notifications wait in its queue).
+    conn: Option<ConnId>,
     queue: Arc<DeliveryQueue>,
+    spec: Spec,
     /// The exact topic, or `None` for a pattern.
     topic: Option<Box<str>>,
     next_delivery: u64,
@@ -165,6 +203,18 @@ pub struct MatcherStats {
     pub forwarded: u64,
     /// Gossip mode: messages to peers dropped because the link's queue was full.
     pub peer_dropped: u64,
+    /// Partitioned mode: subscriptions handed over to other matchers for announced rings.
+    pub handed_over: u64,
+    /// Partitioned mode: subscriptions taken over from other matchers.
+    pub taken_over: u64,
+    /// Partitioned mode: unacknowledged notifications handed over with moving subscriptions.
+    pub handed_over_unacked: u64,
+    /// Partitioned mode: publishes of publishers on an older ring forwarded to the owner.
+    pub forwarded_publishes: u64,
+    /// Partitioned mode: the active ring's version.
+    pub ring_version: u64,
+    /// Partitioned mode: 1 while a handoff for an announced ring is under way.
+    pub handoffs_in_progress: u64,
 }
 
 impl MatcherStats {
@@ -188,6 +238,12 @@ impl MatcherStats {
             ("gossip_bytes", self.gossip_bytes),
             ("forwarded", self.forwarded),
             ("peer_dropped", self.peer_dropped),
+            ("handed_over", self.handed_over),
+            ("taken_over", self.taken_over),
+            ("handed_over_unacked", self.handed_over_unacked),
+            ("forwarded_publishes", self.forwarded_publishes),
+            ("ring_version", self.ring_version),
+            ("handoffs_in_progress", self.handoffs_in_progress),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -258,6 +314,28 @@ pub(crate) struct Core {
     redeliver_at: Option<Instant>,
     /// Gossip mode.
     gossip: Option<Box<Replication>>,
+    /// Partitioned mode: the announced next ring, while a transition is under way.
+    pending: Option<Placement>,
+    /// What this matcher has handed over for `pending` and awaits answers for.
+    outgoing: Option<Outgoing>,
+    /// Subscriptions other matchers handed over here for an announced ring.
+    incoming: Incoming,
+    /// Sequence number of the last peer message sent.
+    seq: u64,
+    /// Links to the other matchers (with a coordinator).
+    peers: Option<PeerLinks>,
+    /// Completed handoffs, for the coordinator link to confirm.
+    confirms: Option<mpsc::Sender<u64>>,
+}
+
+/// Subscriptions per handoff message, and handed-over subscriptions per tail message.
+const HANDOFF_CHUNK: usize = 256;
+
+fn placed(topic: &Option<Box<str>>) -> Placed<'_> {
+    match topic {
+        Some(t) => Placed::Topic(t),
+        None => Placed::Pattern,
+    }
 }
 
 /// How often at-least-once windows are checked for overdue acks.
@@ -269,6 +347,8 @@ impl Core {
         config: MatcherConfig,
         ring: Ring,
         gossip: Option<GossipSetup>,
+        peers: Option<PeerLinks>,
+        confirms: Option<mpsc::Sender<u64>>,
     ) -> Core {
         let dedup = DedupWindow::new(config.dedup_window.as_millis() as u64, config.dedup_ids_max);
         let engine = Engine::new(EngineConfig {
@@ -289,6 +369,12 @@ impl Core {
             expired: Vec::new(),
             alo_pending: HashSet::new(),
             redeliver_at: None,
+            pending: None,
+            outgoing: None,
+            incoming: Incoming::new(),
+            seq: 0,
+            peers,
+            confirms,
             gossip: gossip.map(|setup| {
                 let mut machine_config =
                     gossip::Config::new(setup.config.strategy, setup.id ^ unix_ms());
@@ -417,6 +503,11 @@ impl Core {
             let Some(sub) = self.subs.get_mut(id) else {
                 continue;
             };
+            // Not attached yet: what it has waits in its queue; redeliveries start once its
+            // client is here.
+            if sub.conn.is_none() {
+                continue;
+            }
             let Some(alo) = &mut sub.alo else { continue };
             for due in alo.window.due(now) {
                 let item = Item::Notify {
@@ -434,11 +525,14 @@ impl Core {
 
     /// Drops a subscription from the engine and ends its stream.
     fn forget(&mut self, id: SubscriptionId, reason: EndReason) {
+        // A subscription being handed over: its receivers forget it too.
+        self.mirror(id, true);
         if let Some(sub) = self.subs.remove(&id) {
             self.alo_pending.remove(&id);
+            self.incoming.settle(id);
             let _ = self.engine.unsubscribe(id);
             sub.queue.end(reason);
-            if let Some(set) = self.conns.get_mut(&sub.conn) {
+            if let Some(set) = sub.conn.and_then(|c| self.conns.get_mut(&c)) {
                 set.remove(&id);
             }
             self.originate(id, None);
@@ -460,9 +554,15 @@ impl Core {
                 conn,
                 sub,
                 filter_source,
+                ring_version,
                 reply,
             } => {
-                let _ = reply.send(self.subscribe(conn, sub, filter_source));
+                let id = sub.id;
+                let result = self.subscribe(conn, sub, filter_source, ring_version);
+                if result.is_ok() {
+                    self.mirror(id, false);
+                }
+                let _ = reply.send(result);
             }
             Input::Unsubscribe { conn, id, reply } => {
                 let _ = reply.send(
@@ -481,6 +581,7 @@ impl Core {
                 });
                 if let Ok(remaining) = result {
                     self.reannounce(id, |r| r.deadline_unix_ms = unix_ms() + remaining);
+                    self.mirror(id, false);
                 }
                 let _ = reply.send(result);
             }
@@ -497,7 +598,11 @@ impl Core {
                         .map_err(|e: SetFilterError| Refusal::new(e.code(), e.to_string()))
                 });
                 if result.is_ok() {
+                    if let Some(sub) = self.subs.get_mut(&id) {
+                        sub.spec.filter = source.clone();
+                    }
                     self.reannounce(id, |r| r.filter = source);
+                    self.mirror(id, false);
                 }
                 let _ = reply.send(result);
             }
@@ -505,23 +610,30 @@ impl Core {
                 topic,
                 event,
                 acked,
+                ring_version,
                 reply,
             } => {
-                let result = self.publish(&topic, event, acked);
+                let result = self.publish(&topic, event, acked, ring_version);
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
             }
-            Input::Ack { conn, id, delivery } => self.ack(conn, id, delivery),
+            Input::Ack { conn, id, event } => self.ack(conn, id, event),
+            Input::Cluster { active, pending } => self.cluster(active, pending),
+            Input::Peer { from, frame, reply } => {
+                let _ = reply.send(self.peer(&from, frame));
+            }
+            Input::PeerAnswer { from, frame } => self.peer_answer(&from, frame),
             Input::Closed { conn } => {
                 for id in self.conns.remove(&conn).unwrap_or_default() {
                     self.forget(id, EndReason::Shutdown);
                 }
             }
-            Input::Ring(ring) => self.ring_changed(ring),
             Input::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.subscriptions = self.subs.len();
+                stats.ring_version = self.placement.version();
+                stats.handoffs_in_progress = u64::from(self.outgoing.is_some());
                 if let Some(g) = &self.gossip {
                     stats.remote_subscriptions = g.remote.len();
                     stats.suspended_subscriptions = g.suspended.len();
@@ -540,11 +652,7 @@ impl Core {
             Input::Forwarded { subs, topic, event } => self.forwarded(&subs, &topic, &event),
             Input::Members(peers) => self.members_changed(peers),
             Input::RingNow { reply } => {
-                let ring = Ring {
-                    version: self.placement.version(),
-                    members: self.placement.members().to_vec(),
-                };
-                let _ = reply.send(ring);
+                let _ = reply.send(self.placement.ring());
             }
         }
     }
@@ -552,7 +660,7 @@ impl Core {
     /// The subscription exists and belongs to `conn`.
     fn own(&self, conn: ConnId, id: SubscriptionId) -> Result<(), Refusal> {
         match self.subs.get(&id) {
-            Some(s) if s.conn == conn => Ok(()),
+            Some(s) if s.conn == Some(conn) => Ok(()),
             _ => Err(Refusal::new(
                 ErrorCode::UnknownSubscription,
                 format!("unknown subscription {id}"),
@@ -565,7 +673,9 @@ impl Core {
         conn: ConnId,
         sub: NewSubscription,
         filter_source: String,
+        ring_version: u64,
     ) -> Result<(u64, Arc<DeliveryQueue>), Refusal> {
+        self.epoch(ring_version)?;
         let topic = sub.pattern.as_topic();
         match &topic {
             Some(t) if !self.owns(t) => return Err(self.not_owner(t)),
@@ -582,7 +692,34 @@ impl Core {
             }
             _ => {}
         }
-        if self.subs.get(&sub.id).is_some_and(|s| s.conn != conn) {
+        let per_conn = self.conns.get(&conn).map_or(0, HashSet::len);
+        if let Some(held) = self.subs.get_mut(&sub.id).filter(|s| s.conn.is_none()) {
+            // Handed over from another matcher: the client attaches, and what waited for it
+            // in the queue goes out first.
+            if per_conn >= self.config.subscriptions_per_connection_max {
+                let max = self.config.subscriptions_per_connection_max;
+                return Err(Refusal::new(
+                    ErrorCode::TooManySubscriptions,
+                    format!("at most {max} subscriptions per connection"),
+                ));
+            }
+            held.conn = Some(conn);
+            let queue = held.queue.clone();
+            if held.spec.filter != filter_source
+                && self.engine.set_filter(sub.id, &sub.filter).is_ok()
+            {
+                held.spec.filter = filter_source;
+            }
+            self.incoming.settle(sub.id);
+            self.conns.entry(conn).or_default().insert(sub.id);
+            let now = self.now();
+            let remaining = self
+                .engine
+                .get(sub.id)
+                .map_or(0, |i| i.deadline.0.saturating_sub(now.0));
+            return Ok((remaining, queue));
+        }
+        if self.subs.get(&sub.id).is_some_and(|s| s.conn != Some(conn)) {
             // The client subscribes again from a new connection before this matcher noticed
             // its old one was gone: the subscription moves to the new connection.
             self.forget(sub.id, EndReason::Moved);
@@ -596,6 +733,13 @@ impl Core {
             ));
         }
         let (id, mode) = (sub.id, sub.mode);
+        let spec = Spec {
+            pattern: sub.pattern.as_str().to_owned(),
+            filter: filter_source.clone(),
+            group: sub.group.clone(),
+            mode,
+            expiry: sub.expiry,
+        };
         let now = self.now();
         let record = self.gossip.as_ref().map(|_| SubRecord {
             pattern: sub.pattern.as_str().to_owned(),
@@ -651,8 +795,9 @@ impl Core {
         self.subs.insert(
             id,
             Sub {
-                conn,
+                conn: Some(conn),
                 queue: queue.clone(),
+                spec,
                 topic,
                 next_delivery: 1,
                 alo,
@@ -662,8 +807,21 @@ impl Core {
         Ok((deadline.0.saturating_sub(now.0), queue))
     }
 
-    fn publish(&mut self, topic: &Topic, event: Event, acked: bool) -> Result<(), Refusal> {
+    fn publish(
+        &mut self,
+        topic: &Topic,
+        event: Event,
+        acked: bool,
+        ring_version: u64,
+    ) -> Result<(), Refusal> {
+        self.epoch(ring_version)?;
         if !self.owns(topic) {
+            // A fire-and-forget publisher on an older ring reached a former owner: nothing
+            // would tell it to retry, so the event goes on to the owner. An acknowledged
+            // publish is refused: the SDK retries it at the owner.
+            if !acked && ring_version < self.placement.version() && self.forward(topic, &event) {
+                return Ok(());
+            }
             return Err(self.not_owner(topic));
         }
         let now = self.now();
@@ -684,7 +842,7 @@ impl Core {
             let mut forwards: Vec<(NodeId, Vec<SubscriptionId>)> = Vec::new();
             for m in &matches {
                 if self.subs.contains_key(&m.id) {
-                    self.deliver(now, m.id, &encoded);
+                    self.deliver(now, m.id, event.id, &encoded, false);
                 } else if let Some(home) = self
                     .gossip
                     .as_ref()
@@ -736,7 +894,7 @@ impl Core {
             }
         };
         for id in subs {
-            self.deliver(now, id, &encoded);
+            self.deliver(now, id, event.id, &encoded, false);
         }
     }
 
@@ -986,7 +1144,14 @@ impl Core {
         }
     }
 
-    fn deliver(&mut self, now: Timestamp, id: SubscriptionId, event: &Arc<EncodedEvent>) {
+    fn deliver(
+        &mut self,
+        now: Timestamp,
+        id: SubscriptionId,
+        event_id: EventId,
+        event: &Arc<EncodedEvent>,
+        redelivered: bool,
+    ) {
         let Some(sub) = self.subs.get_mut(&id) else {
             return;
         };
@@ -994,14 +1159,17 @@ impl Core {
         let mut awaiting = false;
         let pushed = match &mut sub.alo {
             Some(alo) => {
-                if alo.backlog.is_empty() && !alo.window.is_full() {
-                    match alo.window.offer(now, event.clone()) {
+                if alo.window.contains(&event_id) {
+                    // Handed over again (a retried tail): it is in the window already.
+                    Pushed::Queued
+                } else if alo.backlog.is_empty() && !alo.window.is_full() {
+                    match alo.window.offer(now, event_id, event.clone()) {
                         Ok(delivery) => {
                             awaiting = true;
                             sub.queue.push(
                                 Item::Notify {
                                     delivery,
-                                    redelivered: false,
+                                    redelivered,
                                     event: event.clone(),
                                 },
                                 false,
@@ -1009,7 +1177,7 @@ impl Core {
                         }
                         Err(e) => {
                             alo.backlog_bytes += e.len();
-                            alo.backlog.push_back(e);
+                            alo.backlog.push_back((event_id, e));
                             Pushed::Queued
                         }
                     }
@@ -1017,7 +1185,7 @@ impl Core {
                     && alo.backlog_bytes + event.len() <= self.config.queue_bytes_max
                 {
                     alo.backlog_bytes += event.len();
-                    alo.backlog.push_back(event.clone());
+                    alo.backlog.push_back((event_id, event.clone()));
                     Pushed::Queued
                 } else {
                     // Dropping would break at-least-once: end the subscription instead.
@@ -1030,7 +1198,7 @@ impl Core {
                 sub.queue.push(
                     Item::Notify {
                         delivery,
-                        redelivered: false,
+                        redelivered,
                         event: event.clone(),
                     },
                     drop_oldest,
@@ -1054,25 +1222,25 @@ impl Core {
         }
     }
 
-    fn ack(&mut self, conn: ConnId, id: SubscriptionId, delivery: u64) {
+    fn ack(&mut self, conn: ConnId, id: SubscriptionId, event_id: EventId) {
         let now = self.now();
         let Some(sub) = self.subs.get_mut(&id) else {
             return;
         };
-        if sub.conn != conn {
+        if sub.conn != Some(conn) {
             return;
         }
         let Some(alo) = &mut sub.alo else { return };
-        if !alo.window.ack(delivery) {
+        if !alo.window.ack(&event_id) {
             return;
         }
         // Room in the window: send what waited.
         while !alo.window.is_full() {
-            let Some(event) = alo.backlog.pop_front() else {
+            let Some((key, event)) = alo.backlog.pop_front() else {
                 break;
             };
             alo.backlog_bytes -= event.len();
-            match alo.window.offer(now, event.clone()) {
+            match alo.window.offer(now, key, event.clone()) {
                 Ok(delivery) => {
                     sub.queue.push(
                         Item::Notify {
@@ -1085,42 +1253,13 @@ impl Core {
                 }
                 Err(e) => {
                     alo.backlog_bytes += e.len();
-                    alo.backlog.push_front(e);
+                    alo.backlog.push_front((key, e));
                     break;
                 }
             }
         }
         if alo.window.is_empty() {
             self.alo_pending.remove(&id);
-        }
-    }
-
-    /// A new ring: subscriptions whose topic moved away end with `Moved` (the client
-    /// subscribes again at the new owner); if this matcher left the ring, its pattern
-    /// subscriptions go too.
-    fn ring_changed(&mut self, ring: Ring) {
-        if ring.version <= self.placement.version() && self.placement.version() != 0 {
-            return;
-        }
-        self.placement = Placement::new(&ring);
-        let in_ring = self.in_ring();
-        let moved: Vec<SubscriptionId> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| match &s.topic {
-                Some(t) => !self.owns(t),
-                None => !in_ring,
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        info!(
-            version = ring.version,
-            members = ring.members.len(),
-            moved = moved.len(),
-            "ring changed"
-        );
-        for id in moved {
-            self.forget(id, EndReason::Moved);
         }
     }
 }

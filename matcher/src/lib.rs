@@ -13,6 +13,7 @@ mod core;
 mod link;
 mod mesh;
 mod notify;
+mod peer;
 mod queue;
 mod replica;
 
@@ -32,6 +33,8 @@ pub use crate::core::MatcherStats;
 
 /// Bound of the queue into the core task.
 const CORE_QUEUE_LEN_MAX: usize = 4096;
+/// Confirmations of completed handoffs waiting for the coordinator link.
+const CONFIRM_QUEUE_LEN_MAX: usize = 16;
 
 /// Bound of the queue into a gossip node's mesh task (gossip messages and forwarded events
 /// on their way to peers; past it they are dropped and counted as `peer_dropped`).
@@ -83,14 +86,8 @@ impl Matcher {
         };
         // Standalone, a matcher owns everything; with a coordinator it waits for the ring.
         let ring = match config.coordinator {
-            None => Ring {
-                version: 1,
-                members: vec![me.clone()],
-            },
-            Some(_) => Ring {
-                version: 0,
-                members: vec![],
-            },
+            None => Ring::new(1, vec![me.clone()]),
+            Some(_) => Ring::empty(),
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -143,10 +140,35 @@ impl Matcher {
             }
             _ => None,
         };
-        let core = crate::core::Core::new(me.clone(), config.clone(), ring, gossip);
+        let draining = Arc::new(AtomicBool::new(false));
+        let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRM_QUEUE_LEN_MAX);
+        let peers = match (&config.coordinator, &coordinator_tls) {
+            (Some((_, name)), Some(tls)) => Some(peer::PeerLinks::new(peer::PeerSetup {
+                endpoint: client_endpoint(tls.clone())?,
+                // Matchers present certificates for the same name as the coordinator's.
+                server_name: name.clone(),
+                token: config.coordinator_token.clone(),
+                me: me.id.clone(),
+                max_frame_bytes: config.limits.frame_bytes_max,
+                core: core_tx.clone(),
+                tasks: tasks.clone(),
+                cancel: cancel.clone(),
+            })),
+            _ => None,
+        };
+        let core = crate::core::Core::new(
+            me.clone(),
+            config.clone(),
+            ring,
+            gossip,
+            peers,
+            Some(confirm_tx),
+        );
         tasks.spawn(core.run(core_rx, cancel.clone()).instrument(span.clone()));
         if let (Some((addr, name)), Some(tls)) = (config.coordinator.clone(), coordinator_tls) {
             let link = link::Link {
+                confirms: confirm_rx,
+                draining: draining.clone(),
                 endpoint: client_endpoint(tls)?,
                 coordinator: addr,
                 server_name: name,

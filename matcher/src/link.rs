@@ -3,11 +3,13 @@
 //! unreachable the matcher keeps serving with the ring it has.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sift_protocol::frame::{ErrorCode, Frame, RingMember};
 use sift_protocol::net::{FrameReader, FrameWriter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -26,6 +28,11 @@ pub(crate) struct Link {
     pub(crate) max_frame_bytes: usize,
     pub(crate) token: Option<String>,
     pub(crate) core: mpsc::Sender<Input>,
+    /// Pending ring versions this matcher has finished handing over (from the core).
+    pub(crate) confirms: mpsc::Receiver<u64>,
+    /// Set during a lame-duck drain: registrations say so, and the coordinator keeps this
+    /// matcher out of the ring.
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 /// Why one session with the coordinator ended.
@@ -47,7 +54,7 @@ enum LinkError {
 }
 
 impl Link {
-    pub(crate) async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let result = tokio::select! {
@@ -80,7 +87,7 @@ impl Link {
         ))
     }
 
-    async fn session(&self) -> Result<(), LinkError> {
+    async fn session(&mut self) -> Result<(), LinkError> {
         let conn = self
             .endpoint
             .connect(self.coordinator, &self.server_name)?
@@ -99,22 +106,29 @@ impl Link {
             }
         }
         let (mut reg_w, mut reg_r) = self.open(&conn).await?;
+        // The ring this matcher serves with: a restarted coordinator adopts it.
+        let (tx, rx) = oneshot::channel();
+        let _ = self.core.send(Input::RingNow { reply: tx }).await;
+        let active = rx.await.ok().filter(|r| r.version > 0);
         reg_w
             .send(&Frame::Register {
                 req: 1,
                 member: self.me.clone(),
+                active,
+                draining: self.draining.load(Ordering::Relaxed),
             })
             .await?;
         match reg_r.next().await? {
-            Some(Frame::Ring { ring, .. }) => {
-                let _ = self.core.send(Input::Ring(ring)).await;
+            Some(Frame::Cluster { active, pending }) => {
+                let _ = self.core.send(Input::Cluster { active, pending }).await;
+            }
+            Some(Frame::Error(e)) if e.code == ErrorCode::Forbidden => {
+                return Err(LinkError::Removed(e.message))
             }
             Some(Frame::Error(e)) => return Err(LinkError::Refused(e.message)),
             _ => return Err(LinkError::Closed),
         }
         info!(coordinator = %self.coordinator, id = %self.me.id, "registered");
-        let (mut watch_w, mut watch_r) = self.open(&conn).await?;
-        watch_w.send(&Frame::Watch { req: 2 }).await?;
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut req = 3;
@@ -126,19 +140,20 @@ impl Link {
                 }
                 answer = reg_r.next() => match answer? {
                     Some(Frame::Ok { .. }) => {}
+                    Some(Frame::Cluster { active, pending }) => {
+                        let _ = self.core.send(Input::Cluster { active, pending }).await;
+                    }
                     // Declared dead meanwhile: register again from scratch.
                     Some(Frame::Error(e)) if e.code == ErrorCode::UnknownNode => return Err(LinkError::Refused(e.message)),
                     Some(Frame::Error(e)) if e.code == ErrorCode::Forbidden => return Err(LinkError::Removed(e.message)),
                     Some(other) => warn!(frame = ?other, "unexpected answer to a heartbeat"),
                     None => return Err(LinkError::Closed),
                 },
-                ring = watch_r.next() => match ring? {
-                    Some(Frame::Ring { ring, .. }) => {
-                        let _ = self.core.send(Input::Ring(ring)).await;
-                    }
-                    Some(_) => {}
-                    None => return Err(LinkError::Closed),
-                },
+                version = self.confirms.recv() => {
+                    let Some(version) = version else { return Ok(()) };
+                    reg_w.send(&Frame::Confirm { req, node: self.me.id.clone(), version }).await?;
+                    req += 1;
+                }
             }
         }
     }

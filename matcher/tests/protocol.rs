@@ -135,6 +135,7 @@ async fn at_least_once_redelivers_until_acked() {
             .send(&Frame::Ack {
                 sub: SubscriptionId(1),
                 delivery: 1,
+                event: first.event.id,
             })
             .await
             .unwrap();

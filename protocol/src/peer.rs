@@ -125,10 +125,11 @@ pub struct SubImage {
     pub group: Option<GroupSpec>,
     /// Delivery mode.
     pub mode: DeliveryMode,
-    /// Milliseconds until it expires unless renewed.
+    /// Its expiry as the client asked for it (a lease's length, for renewals at the
+    /// receiver, or a hard deadline).
+    pub expiry: crate::frame::ExpirySpec,
+    /// Milliseconds it has left at the sender: the receiver keeps that much.
     pub remaining_ms: u64,
-    /// True for a lease (renewable), false for a hard deadline.
-    pub renewable: bool,
 }
 
 /// A subscription's unacknowledged notifications, handed over with it.

@@ -256,6 +256,7 @@ impl Engine {
             pattern: bucket.key.as_str(),
             deadline: Timestamp(rec.deadline),
             renewable: meta.lease_ms != 0,
+            lease_ms: u64::from(meta.lease_ms),
             mode: rec.mode(),
             group: (rec.group() != NO_GROUP).then(|| self.groups.name(rec.group())),
         })
@@ -345,6 +346,18 @@ impl Engine {
         now: Timestamp,
         sub: NewSubscription,
     ) -> Result<(), SubscribeError> {
+        self.subscribe_until(now, sub, None)
+    }
+
+    /// Adds a subscription at time `now` whose first deadline is `deadline` when given (at
+    /// most its expiry from now): a subscription handed over from another matcher keeps the
+    /// time it had left there, and its lease length for renewals. On error nothing changes.
+    pub fn subscribe_until(
+        &mut self,
+        now: Timestamp,
+        sub: NewSubscription,
+        deadline: Option<Timestamp>,
+    ) -> Result<(), SubscribeError> {
         if self.by_id.contains_key(&sub.id) {
             return Err(SubscribeError::Duplicate(sub.id));
         }
@@ -359,7 +372,8 @@ impl Engine {
 
         let prog = Prog::compile(sub.filter.expr(), &mut self.pool, &mut self.names);
         let bucket = self.bucket_for(&sub);
-        let deadline = now.0.saturating_add(ms);
+        let full = now.0.saturating_add(ms);
+        let deadline = deadline.map_or(full, |d| d.0.clamp(now.0.saturating_add(1), full));
         let rec = Record::new(sub.id, deadline, group, sub.mode, prog);
         let meta = Meta {
             bucket,
@@ -648,6 +662,20 @@ impl Engine {
         attrs: &Attributes,
         out: &mut Vec<Match>,
     ) {
+        self.match_event_salted(now, topic, attrs, None, out)
+    }
+
+    /// [`Engine::match_event`], with groups without a key choosing their member by `salt`
+    /// (a hash of the event's id) instead of taking turns: the same event picks the same
+    /// member on every engine that holds the same members.
+    pub fn match_event_salted(
+        &mut self,
+        now: Timestamp,
+        topic: &Topic,
+        attrs: &Attributes,
+        salt: Option<u64>,
+        out: &mut Vec<Match>,
+    ) {
         self.next_epoch();
         self.counters.events += 1;
         self.scratch_buckets.clear();
@@ -721,7 +749,7 @@ impl Engine {
             }
         }
         if !self.scratch_groups.is_empty() {
-            self.choose_group_members(attrs, out);
+            self.choose_group_members(attrs, salt, out);
         }
         self.counters.matches += (out.len() - start) as u64;
     }
@@ -768,7 +796,12 @@ impl Engine {
     }
 
     /// One member per group among the matched group members in `scratch_groups`.
-    fn choose_group_members(&mut self, attrs: &Attributes, out: &mut Vec<Match>) {
+    fn choose_group_members(
+        &mut self,
+        attrs: &Attributes,
+        salt: Option<u64>,
+        out: &mut Vec<Match>,
+    ) {
         let Engine {
             scratch_groups,
             scratch_members,
@@ -780,7 +813,7 @@ impl Engine {
         for run in scratch_groups.chunk_by(|a, b| a.0 == b.0) {
             scratch_members.clear();
             scratch_members.extend(run.iter().map(|&(_, id, slot)| (id, slot)));
-            let slot = groups.choose(run[0].0, scratch_members, attrs);
+            let slot = groups.choose(run[0].0, scratch_members, attrs, salt);
             let rec = &records[slot as usize];
             out.push(Match {
                 id: rec.id,

@@ -85,12 +85,17 @@ impl Groups {
     }
 
     /// Picks one of `members` (the matched members of group `id`, as `(subscription id,
-    /// payload)`, in a deterministic order) for an event with `attrs`.
+    /// payload)`, in a deterministic order) for an event with `attrs`. With `salt` (a hash of
+    /// the event's id), a group without a key picks by rendezvous hashing of the salt: every
+    /// matcher holding the same members picks the same one for the same event, so an event
+    /// delivered again after a failover reaches the member that had it (which drops the
+    /// repeat).
     pub(crate) fn choose<T: Copy>(
         &mut self,
         id: GroupId,
         members: &[(u64, T)],
         attrs: &Attributes,
+        salt: Option<u64>,
     ) -> T {
         debug_assert!(!members.is_empty());
         let Some(g) = self.groups.get_mut(id as usize) else {
@@ -101,11 +106,10 @@ impl Groups {
             .as_deref()
             .and_then(|k| attrs.get(k))
             .and_then(KeyRef::from_value);
-        match key_value {
-            Some(k) => {
+        match key_value.map(stable_hash).or(salt) {
+            Some(h) => {
                 // Rendezvous hashing: the member with the highest score for this key wins;
                 // adding or removing one member only moves the keys that member wins or had.
-                let h = stable_hash(k);
                 let best = members
                     .iter()
                     .max_by_key(|(sub, _)| (mix64(h ^ mix64(*sub)), *sub));

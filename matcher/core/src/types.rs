@@ -103,6 +103,8 @@ pub struct SubscriptionInfo<'a> {
     pub deadline: Timestamp,
     /// True when renewals extend it (a lease), false for a hard deadline.
     pub renewable: bool,
+    /// The lease length renewals extend it by, in milliseconds (0 for a hard deadline).
+    pub lease_ms: u64,
     /// Delivery mode.
     pub mode: DeliveryMode,
     /// Group name, if any.

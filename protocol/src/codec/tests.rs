@@ -162,8 +162,8 @@ fn every_frame() -> Vec<Frame> {
                         filter: "x > 1".into(),
                         group: None,
                         mode: DeliveryMode::AtLeastOnce,
+                        expiry: crate::frame::ExpirySpec::LeaseMs(30_000),
                         remaining_ms: 1000,
-                        renewable: true,
                     },
                     unacked: vec![crate::peer::TailItem {
                         event: event(&[2]),

@@ -1,0 +1,582 @@
+//! Partitioned mode: ring epochs, the two-step handoff (announce → hand over → confirm →
+//! activate) and the peer messages that carry it. The rules are `sift_matcher_core::handoff`;
+//! this applies them to the core's subscriptions and sends what they decide.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sift_matcher_core::handoff::{self, Epoch, Outgoing};
+use sift_matcher_core::{NewSubscription, Timestamp};
+use sift_protocol::codec::EncodedEvent;
+use sift_protocol::frame::{EndReason, ErrorCode, Ring, RingMember};
+use sift_protocol::peer::{PeerFrame, PeerMsg, SubImage, SubTail, TailItem};
+use sift_protocol::ring::Placement;
+use sift_protocol::DeliveryMode;
+use sift_protocol::{Event, Filter, Pattern, SubscriptionId, Topic};
+use tracing::{debug, info, warn};
+
+use super::{placed, Alo, Core, Refusal, Spec, Sub, HANDOFF_CHUNK};
+use crate::queue::DeliveryQueue;
+use sift_matcher_core::delivery::AckWindow;
+use std::collections::VecDeque;
+
+impl Core {
+    /// Judges a request made at ring `version` (DESIGN.md, ring epochs): the announced ring
+    /// this matcher is handing over to becomes active here when a request names it; a ring
+    /// newer than anything known is refused with `not-owner` and this matcher's version.
+    pub(super) fn epoch(&mut self, version: u64) -> Result<(), Refusal> {
+        if self.gossip.is_some() {
+            // Gossip nodes' ring versions are their own; nothing to fence.
+            return Ok(());
+        }
+        let pending = self.pending.as_ref().map(Placement::version);
+        match handoff::judge(version, self.placement.version(), pending) {
+            Epoch::Active => Ok(()),
+            Epoch::ActivatePending => {
+                if let Some(p) = self.pending.take() {
+                    debug!(version, "a request names the announced ring: active here");
+                    self.activate(p.ring());
+                }
+                Ok(())
+            }
+            Epoch::Ahead => Err(Refusal {
+                code: ErrorCode::NotOwner,
+                message: format!(
+                    "ring version {version} is newer than this matcher's {}; retry shortly",
+                    self.placement.version()
+                ),
+                ring_version: Some(self.placement.version()),
+            }),
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A member of the active or the announced ring, by id.
+    fn member(&self, id: &str) -> Option<RingMember> {
+        let find = |p: &Placement| p.members().iter().find(|m| m.id == id).cloned();
+        find(&self.placement).or_else(|| self.pending.as_ref().and_then(find))
+    }
+
+    /// Sends `msg` to matcher `to`; false if there is no way to (no such member, no links).
+    fn peer_send(&mut self, to: &str, msg: PeerMsg) -> bool {
+        let Some(member) = self.member(to) else {
+            warn!(peer = to, "no address for a peer message");
+            return false;
+        };
+        let frame = PeerFrame {
+            epoch: self.placement.version(),
+            msg,
+        };
+        match &mut self.peers {
+            Some(p) => {
+                p.send(&member, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn image(&self, id: SubscriptionId, sub: &Sub, now: Timestamp) -> SubImage {
+        let remaining_ms = self
+            .engine
+            .get(id)
+            .map_or(0, |i| i.deadline.0.saturating_sub(now.0));
+        SubImage {
+            id,
+            pattern: sub.spec.pattern.clone(),
+            filter: sub.spec.filter.clone(),
+            group: sub.spec.group.clone(),
+            mode: sub.spec.mode,
+            expiry: sub.spec.expiry,
+            remaining_ms,
+        }
+    }
+
+    /// The coordinator's view of the cluster: activate a newer ring, and hand over for an
+    /// announced one (or give up a transition the coordinator abandoned).
+    pub(super) fn cluster(&mut self, active: Ring, pending: Option<Ring>) {
+        if active.version > self.placement.version() {
+            self.activate(active);
+        }
+        let active_v = self.placement.version();
+        let pending = pending.filter(|p| p.version > active_v);
+        for id in self
+            .incoming
+            .ring(active_v, pending.as_ref().map(|p| p.version))
+        {
+            self.drop_held(id);
+        }
+        match pending {
+            None => {
+                if let Some(o) = self.outgoing.take() {
+                    info!(version = o.version(), "transition abandoned");
+                }
+                self.pending = None;
+            }
+            Some(p) if self.outgoing.as_ref().map(Outgoing::version) == Some(p.version) => {
+                // Announced again (the coordinator link was re-established): confirm again
+                // if done.
+                self.maybe_confirm(true);
+            }
+            Some(p) => self.start_handoff(p),
+        }
+    }
+
+    /// Step one of a transition: everything the announced ring moves away from here (or
+    /// copies to a joining matcher) goes to its new owner.
+    fn start_handoff(&mut self, ring: Ring) {
+        let pending = Placement::new(&ring);
+        let plan = handoff::plan(
+            &self.me.id,
+            &self.placement,
+            &pending,
+            self.subs.iter().map(|(id, s)| (*id, placed(&s.topic))),
+        );
+        self.pending = Some(pending);
+        self.outgoing = Some(Outgoing::new(ring.version));
+        let now = self.now();
+        let mut moving = 0;
+        for (to, ids) in plan {
+            for chunk in ids.chunks(HANDOFF_CHUNK) {
+                let subs: Vec<SubImage> = chunk
+                    .iter()
+                    .filter_map(|id| self.subs.get(id).map(|s| self.image(*id, s, now)))
+                    .collect();
+                moving += subs.len();
+                let seq = self.next_seq();
+                let msg = PeerMsg::Handoff {
+                    seq,
+                    version: ring.version,
+                    subs,
+                    gone: Vec::new(),
+                };
+                if self.peer_send(&to, msg) {
+                    if let Some(o) = &mut self.outgoing {
+                        o.sent(seq, &to);
+                    }
+                }
+            }
+        }
+        self.stats.handed_over += moving as u64;
+        info!(
+            version = ring.version,
+            moving, "ring announced; handing over what it moves"
+        );
+        self.maybe_confirm(false);
+    }
+
+    /// Tells the coordinator (through the link) that the handoff is complete, once.
+    fn maybe_confirm(&mut self, again: bool) {
+        let Some(out) = &mut self.outgoing else {
+            return;
+        };
+        if !out.complete() {
+            return;
+        }
+        let first = out.confirm();
+        if first || again {
+            let version = out.version();
+            if let Some(tx) = &self.confirms {
+                if tx.try_send(version).is_err() {
+                    warn!(
+                        version,
+                        "confirmation not queued; the coordinator will announce again"
+                    );
+                }
+            }
+            if first {
+                info!(version, "handoff complete; confirmed");
+            }
+        }
+    }
+
+    /// During a transition, a change of subscription `id` (its new state, or that it is
+    /// `gone`) is mirrored to the matchers it is being handed over to.
+    pub(super) fn mirror(&mut self, id: SubscriptionId, gone: bool) {
+        let (Some(pending), Some(version)) =
+            (&self.pending, self.outgoing.as_ref().map(Outgoing::version))
+        else {
+            return;
+        };
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let to = handoff::mirror_to(&self.me.id, &self.placement, pending, placed(&sub.topic));
+        if to.is_empty() {
+            return;
+        }
+        let image = (!gone).then(|| self.image(id, sub, self.now()));
+        for t in to {
+            let seq = self.next_seq();
+            let msg = PeerMsg::Handoff {
+                seq,
+                version,
+                subs: image.clone().into_iter().collect(),
+                gone: if gone { vec![id] } else { Vec::new() },
+            };
+            if self.peer_send(&t, msg) {
+                if let Some(o) = &mut self.outgoing {
+                    o.sent(seq, &t);
+                }
+            }
+        }
+    }
+
+    /// Step two: `ring` is active. Subscriptions no longer placed here end with `Moved`
+    /// (their clients attach at the new owner, which holds them), and their unacknowledged
+    /// notifications go to the new owner of each event's topic to be redelivered there.
+    pub(super) fn activate(&mut self, ring: Ring) {
+        let version = ring.version;
+        self.placement = Placement::new(&ring);
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version() <= version)
+        {
+            self.pending = None;
+        }
+        if self
+            .outgoing
+            .as_ref()
+            .is_some_and(|o| o.version() <= version)
+        {
+            self.outgoing = None;
+        }
+        let pending = self.pending.as_ref().map(Placement::version);
+        for id in self.incoming.ring(version, pending) {
+            self.drop_held(id);
+        }
+        if let Some(peers) = &mut self.peers {
+            let (active, next) = (&self.placement, &self.pending);
+            peers.retain(|id| active.contains(id) || next.as_ref().is_some_and(|p| p.contains(id)));
+        }
+        let in_ring = self.in_ring();
+        let mut moved: Vec<SubscriptionId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| match &s.topic {
+                Some(t) => !self.owns(t),
+                None => !in_ring,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        moved.sort_unstable();
+        let now = self.now();
+        let mut tails: BTreeMap<String, Vec<SubTail>> = BTreeMap::new();
+        let mut unacked_moved = 0u64;
+        for id in &moved {
+            let Some(sub) = self.subs.get(id) else {
+                continue;
+            };
+            let image = self.image(*id, sub, now);
+            let topic = sub.topic.clone();
+            let items = self.take_unacked(*id, now);
+            unacked_moved += items.len() as u64;
+            // Per receiver, this subscription's share of the tail.
+            let mut per: BTreeMap<String, Vec<TailItem>> = BTreeMap::new();
+            match &topic {
+                Some(t) => {
+                    if let Some(owner) = self.placement.owner(t) {
+                        per.insert(owner.id.clone(), items);
+                    }
+                }
+                None => {
+                    for item in items {
+                        if let Some(owner) = self.placement.owner(&item.event.topic) {
+                            per.entry(owner.id.clone()).or_default().push(item);
+                        }
+                    }
+                }
+            }
+            for (to, unacked) in per {
+                tails.entry(to).or_default().push(SubTail {
+                    image: image.clone(),
+                    unacked,
+                });
+            }
+        }
+        for (to, subs) in tails {
+            if to == self.me.id {
+                continue;
+            }
+            let mut subs = subs.into_iter().peekable();
+            while subs.peek().is_some() {
+                let chunk: Vec<SubTail> = subs.by_ref().take(HANDOFF_CHUNK).collect();
+                let seq = self.next_seq();
+                self.peer_send(&to, PeerMsg::Tail { seq, subs: chunk });
+            }
+        }
+        self.stats.handed_over_unacked += unacked_moved;
+        info!(
+            version,
+            members = self.placement.members().len(),
+            moved = moved.len(),
+            unacked_moved,
+            "ring active"
+        );
+        for id in moved {
+            self.forget(id, EndReason::Moved);
+        }
+    }
+
+    /// Takes the unacknowledged notifications (sent or waiting for room) out of an
+    /// at-least-once subscription, oldest first.
+    fn take_unacked(&mut self, id: SubscriptionId, now: Timestamp) -> Vec<TailItem> {
+        let Some(alo) = self.subs.get_mut(&id).and_then(|s| s.alo.as_mut()) else {
+            return Vec::new();
+        };
+        let mut items = Vec::new();
+        for t in alo.window.take_all() {
+            match t.item.decode() {
+                Ok(event) => items.push(TailItem {
+                    event,
+                    sent: true,
+                    due_in_ms: t.due.0.saturating_sub(now.0),
+                }),
+                Err(e) => warn!(sub = %id, error = %e, "an unacked notification does not decode"),
+            }
+        }
+        for (_, e) in alo.backlog.drain(..) {
+            match e.decode() {
+                Ok(event) => items.push(TailItem {
+                    event,
+                    sent: false,
+                    due_in_ms: 0,
+                }),
+                Err(e) => warn!(sub = %id, error = %e, "a waiting notification does not decode"),
+            }
+        }
+        alo.backlog_bytes = 0;
+        items
+    }
+
+    /// Forgets a handed-over subscription no client attached to (its transition was
+    /// abandoned, or a newer image replaces it).
+    fn drop_held(&mut self, id: SubscriptionId) {
+        if self.subs.get(&id).is_some_and(|s| s.conn.is_none()) {
+            if let Some(sub) = self.subs.remove(&id) {
+                let _ = self.engine.unsubscribe(id);
+                self.alo_pending.remove(&id);
+                sub.queue.end(EndReason::Moved);
+            }
+        }
+        self.incoming.settle(id);
+    }
+
+    /// Installs a subscription handed over from another matcher, detached (no client yet),
+    /// held for the announced ring `hold` if it is not active yet.
+    fn install(&mut self, image: SubImage, hold: Option<u64>) -> Result<(), Refusal> {
+        let pattern = Pattern::parse(&image.pattern)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidTopic, e.to_string()))?;
+        let filter = Filter::parse(&image.filter)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidFilter, e.to_string()))?;
+        let id = image.id;
+        let topic = pattern.as_topic().map(|t| t.as_str().into());
+        let now = self.now();
+        let deadline = Timestamp(now.0.saturating_add(image.remaining_ms.max(1)));
+        let new = NewSubscription {
+            id,
+            pattern,
+            filter,
+            expiry: image.expiry,
+            group: image.group.clone(),
+            mode: image.mode,
+        };
+        self.engine
+            .subscribe_until(now, new, Some(deadline))
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        let queue = DeliveryQueue::new(self.config.queue_len_max, self.config.queue_bytes_max);
+        let alo = (image.mode == DeliveryMode::AtLeastOnce).then(|| Alo {
+            window: AckWindow::new(
+                self.config.redelivery_window,
+                self.config.ack_timeout.as_millis() as u64,
+            ),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+        });
+        self.subs.insert(
+            id,
+            Sub {
+                conn: None,
+                queue,
+                spec: Spec {
+                    pattern: image.pattern,
+                    filter: image.filter,
+                    group: image.group,
+                    mode: image.mode,
+                    expiry: image.expiry,
+                },
+                topic,
+                next_delivery: 1,
+                alo,
+            },
+        );
+        if let Some(v) = hold {
+            self.incoming.hold(id, v);
+        }
+        self.stats.taken_over += 1;
+        Ok(())
+    }
+
+    /// A handoff message: hold these subscriptions for ring `version`, forget `gone`.
+    fn take_handoff(
+        &mut self,
+        version: u64,
+        subs: Vec<SubImage>,
+        gone: Vec<SubscriptionId>,
+    ) -> Result<(), Refusal> {
+        let hold = (version > self.placement.version()).then_some(version);
+        for image in subs {
+            match self.subs.get(&image.id) {
+                // Its client is here already (it attached, or subscribed afresh).
+                Some(s) if s.conn.is_some() => continue,
+                // A newer image of one held here.
+                Some(_) => self.drop_held(image.id),
+                None => {}
+            }
+            self.install(image, hold)?;
+        }
+        for id in gone {
+            self.drop_held(id);
+        }
+        Ok(())
+    }
+
+    /// The last of a handoff: unacknowledged notifications to redeliver from here.
+    fn take_tail(&mut self, subs: Vec<SubTail>) {
+        let now = self.now();
+        for tail in subs {
+            let id = tail.image.id;
+            if !self.subs.contains_key(&id) {
+                if let Err(e) = self.install(tail.image, None) {
+                    warn!(sub = %id, error = %e.message, "a handed-over subscription was refused");
+                    continue;
+                }
+            }
+            for item in tail.unacked {
+                match EncodedEvent::new(&item.event) {
+                    Ok(encoded) => {
+                        let encoded = Arc::new(encoded);
+                        self.deliver(now, id, item.event.id, &encoded, item.sent);
+                    }
+                    Err(e) => warn!(sub = %id, error = %e, "a handed-over event does not encode"),
+                }
+            }
+        }
+    }
+
+    /// Sends a publish of a topic this matcher no longer owns on to its owner.
+    pub(super) fn forward(&mut self, topic: &Topic, event: &Event) -> bool {
+        let Some(owner) = self.placement.owner(topic).map(|m| m.id.clone()) else {
+            return false;
+        };
+        if owner == self.me.id {
+            return false;
+        }
+        let seq = self.next_seq();
+        let msg = PeerMsg::Dispatch {
+            seq,
+            event: event.clone(),
+            redeliver: false,
+        };
+        let sent = self.peer_send(&owner, msg);
+        if sent {
+            self.stats.forwarded_publishes += 1;
+        }
+        sent
+    }
+
+    /// A message from matcher `from`, and the answer.
+    pub(super) fn peer(&mut self, from: &str, frame: PeerFrame) -> PeerFrame {
+        // A peer speaking at the announced ring: it is active.
+        let _ = self.epoch(frame.epoch);
+        let msg = match frame.msg {
+            PeerMsg::Ping { nonce } => PeerMsg::Pong { nonce },
+            PeerMsg::Handoff {
+                seq,
+                version,
+                subs,
+                gone,
+            } => {
+                let n = subs.len();
+                match self.take_handoff(version, subs, gone) {
+                    Ok(()) => {
+                        debug!(peer = from, version, subs = n, "handoff taken");
+                        PeerMsg::Acked { seqs: vec![seq] }
+                    }
+                    Err(r) => PeerMsg::Refused {
+                        seq,
+                        code: r.code,
+                        message: r.message,
+                    },
+                }
+            }
+            PeerMsg::Tail { seq, subs } => {
+                self.take_tail(subs);
+                PeerMsg::Acked { seqs: vec![seq] }
+            }
+            PeerMsg::Dispatch { seq, event, .. } => {
+                let result = event
+                    .validate(&self.config.limits)
+                    .map_err(|e| Refusal::new(ErrorCode::InvalidEvent, e.to_string()))
+                    .and_then(|topic| self.publish(&topic, event, true, frame.epoch));
+                match result {
+                    Ok(()) => PeerMsg::Acked { seqs: vec![seq] },
+                    Err(r) => PeerMsg::Refused {
+                        seq,
+                        code: r.code,
+                        message: r.message,
+                    },
+                }
+            }
+            PeerMsg::Hold { seq, .. } => PeerMsg::Refused {
+                seq,
+                code: ErrorCode::Malformed,
+                message: "this matcher does not hold replicas".into(),
+            },
+            PeerMsg::Release { .. }
+            | PeerMsg::Pong { .. }
+            | PeerMsg::Acked { .. }
+            | PeerMsg::Refused { .. } => PeerMsg::Acked { seqs: Vec::new() },
+            PeerMsg::Ring { ring } => {
+                if ring.version > self.placement.version() {
+                    self.activate(ring);
+                }
+                PeerMsg::Acked { seqs: Vec::new() }
+            }
+        };
+        PeerFrame {
+            epoch: self.placement.version(),
+            msg,
+        }
+    }
+
+    /// An answer to a message sent to `from`.
+    pub(super) fn peer_answer(&mut self, from: &str, frame: PeerFrame) {
+        match frame.msg {
+            PeerMsg::Acked { seqs } => {
+                if let Some(o) = &mut self.outgoing {
+                    for s in seqs {
+                        o.acked(s);
+                    }
+                }
+                self.maybe_confirm(false);
+            }
+            PeerMsg::Refused { seq, code, message } => {
+                warn!(peer = from, seq, ?code, %message, "a peer refused a message");
+                if let Some(o) = &mut self.outgoing {
+                    o.acked(seq);
+                }
+                self.maybe_confirm(false);
+            }
+            PeerMsg::Ring { ring } if ring.version > self.placement.version() => {
+                self.activate(ring)
+            }
+            _ => {}
+        }
+    }
+}
