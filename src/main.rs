@@ -27,7 +27,7 @@ enum Command {
     /// Run a coordinator.
     Coordinator(cli::serve::CoordinatorArgs),
     /// Run a matcher.
-    Matcher(cli::serve::MatcherArgs),
+    Matcher(Box<cli::serve::MatcherArgs>),
     /// Publish events.
     Pub(cli::pubsub::PubArgs),
     /// Subscribe and print one JSON object per notification.
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Command::Filter { command } => return cli::filter::run(command),
         Command::Dev(args) => cli::dev::run(args),
         Command::Coordinator(args) => cli::serve::coordinator(args),
-        Command::Matcher(args) => cli::serve::matcher(args),
+        Command::Matcher(args) => cli::serve::matcher(*args),
         Command::Pub(args) => cli::pubsub::publish(args),
         Command::Sub(args) => cli::pubsub::subscribe(args),
         Command::Ring(args) => cli::cluster::ring(args),

@@ -14,6 +14,8 @@
 //! The pure parts — [`tally`] (rates, ratio, percentiles), [`plan`], [`stamp`] — are tested
 //! directly.
 
+/// The chaos harness: a real cluster under load and faults, checked from client-side histories.
+pub mod chaos;
 pub mod cluster;
 pub mod collect;
 pub mod modes;

@@ -198,6 +198,27 @@ impl ServerProcess {
         })
     }
 
+    /// Starts `cmd` with its output appended to `log`.
+    pub fn spawn_to(name: &str, mut cmd: Command, log: std::fs::File) -> Result<ServerProcess> {
+        let err = log.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        tracing::debug!(name, pid = child.id(), "started");
+        Ok(ServerProcess {
+            name: name.into(),
+            child,
+        })
+    }
+
+    /// Its exit, if it has exited: `Some(code)` (`code` is `None` when a signal ended it).
+    pub fn exit_status(&mut self) -> Result<Option<Option<i32>>> {
+        Ok(self.child.try_wait()?.map(|s| s.code()))
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

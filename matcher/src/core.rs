@@ -18,7 +18,7 @@ use sift_protocol::frame::{
 use sift_protocol::peer::PeerFrame;
 use sift_protocol::ring::Placement;
 use sift_protocol::{DeliveryMode, Event, EventId, Filter, Pattern, SubscriptionId, Topic};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -326,6 +326,8 @@ pub(crate) struct Core {
     peers: Option<PeerLinks>,
     /// Completed handoffs, for the coordinator link to confirm.
     confirms: Option<mpsc::Sender<u64>>,
+    /// The active ring, for those who wait on it (a lame-duck drain).
+    ring_watch: watch::Sender<Ring>,
 }
 
 /// Subscriptions per handoff message, and handed-over subscriptions per tail message.
@@ -349,6 +351,7 @@ impl Core {
         gossip: Option<GossipSetup>,
         peers: Option<PeerLinks>,
         confirms: Option<mpsc::Sender<u64>>,
+        ring_watch: watch::Sender<Ring>,
     ) -> Core {
         let dedup = DedupWindow::new(config.dedup_window.as_millis() as u64, config.dedup_ids_max);
         let engine = Engine::new(EngineConfig {
@@ -375,6 +378,7 @@ impl Core {
             seq: 0,
             peers,
             confirms,
+            ring_watch,
             gossip: gossip.map(|setup| {
                 let mut machine_config =
                     gossip::Config::new(setup.config.strategy, setup.id ^ unix_ms());

@@ -20,10 +20,11 @@ mod replica;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sift_protocol::frame::{Ring, RingMember};
 use sift_protocol::net::{client_endpoint, server_endpoint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
@@ -50,6 +51,10 @@ pub struct Matcher {
     cancel: CancellationToken,
     tasks: TaskTracker,
     isolated: Arc<AtomicBool>,
+    /// True once a lame-duck drain started (what the link registers).
+    draining: watch::Sender<bool>,
+    /// The active ring, as the core has it.
+    ring: watch::Receiver<Ring>,
 }
 
 impl Matcher {
@@ -140,7 +145,8 @@ impl Matcher {
             }
             _ => None,
         };
-        let draining = Arc::new(AtomicBool::new(false));
+        let (draining, draining_rx) = watch::channel(false);
+        let (ring_tx, ring_rx) = watch::channel(ring.clone());
         let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRM_QUEUE_LEN_MAX);
         let peers = match (&config.coordinator, &coordinator_tls) {
             (Some((_, name)), Some(tls)) => Some(peer::PeerLinks::new(peer::PeerSetup {
@@ -163,12 +169,13 @@ impl Matcher {
             gossip,
             peers,
             Some(confirm_tx),
+            ring_tx,
         );
         tasks.spawn(core.run(core_rx, cancel.clone()).instrument(span.clone()));
         if let (Some((addr, name)), Some(tls)) = (config.coordinator.clone(), coordinator_tls) {
             let link = link::Link {
                 confirms: confirm_rx,
-                draining: draining.clone(),
+                draining: draining_rx,
                 endpoint: client_endpoint(tls)?,
                 coordinator: addr,
                 server_name: name,
@@ -198,6 +205,8 @@ impl Matcher {
             cancel,
             tasks,
             isolated,
+            draining,
+            ring: ring_rx,
         })
     }
 
@@ -207,6 +216,46 @@ impl Matcher {
     pub fn set_isolated(&self, isolated: bool) {
         self.isolated
             .store(isolated, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lame-duck drain, what SIGTERM does: the matcher registers again as draining, so the
+    /// coordinator takes it out of the ring through the two-step handoff (its subscriptions
+    /// and unacknowledged notifications move to their new owners), and it keeps serving
+    /// meanwhile. Returns once the active ring no longer includes it and `grace` (for its
+    /// clients to move) has passed — true — or after `timeout` without leaving the ring —
+    /// false. A matcher without a coordinator has no ring to leave: true at once.
+    pub async fn drain(&self, grace: Duration, timeout: Duration) -> bool {
+        if *self.draining.borrow() && !self.ring.borrow().contains(&self.me.id) {
+            return true;
+        }
+        self.draining.send_replace(true);
+        if self.ring.borrow().version == 1 && self.ring.borrow().members == [self.me.clone()] {
+            // Standalone.
+            return true;
+        }
+        let me = self.me.id.clone();
+        let mut ring = self.ring.clone();
+        let left = tokio::time::timeout(timeout, ring.wait_for(|r| !r.contains(&me)))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if left {
+            info!(
+                grace_ms = grace.as_millis() as u64,
+                "out of the ring; waiting for clients to move"
+            );
+            tokio::time::sleep(grace).await;
+        }
+        left
+    }
+
+    /// True once a lame-duck drain started: readiness fails from then on.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// The active ring as this matcher serves with it.
+    pub fn ring(&self) -> Ring {
+        self.ring.borrow().clone()
     }
 
     /// The address it listens on.

@@ -3,13 +3,11 @@
 //! unreachable the matcher keeps serving with the ring it has.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sift_protocol::frame::{ErrorCode, Frame, RingMember};
 use sift_protocol::net::{FrameReader, FrameWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -30,9 +28,9 @@ pub(crate) struct Link {
     pub(crate) core: mpsc::Sender<Input>,
     /// Pending ring versions this matcher has finished handing over (from the core).
     pub(crate) confirms: mpsc::Receiver<u64>,
-    /// Set during a lame-duck drain: registrations say so, and the coordinator keeps this
-    /// matcher out of the ring.
-    pub(crate) draining: Arc<AtomicBool>,
+    /// True during a lame-duck drain: registrations say so, and the coordinator keeps this
+    /// matcher out of the ring. A change registers again at once.
+    pub(crate) draining: watch::Receiver<bool>,
 }
 
 /// Why one session with the coordinator ended.
@@ -51,6 +49,8 @@ enum LinkError {
     /// An operator removed this matcher: it stays out until it is restarted.
     #[error("{0}")]
     Removed(String),
+    #[error("lame-duck drain started")]
+    Draining,
 }
 
 impl Link {
@@ -63,6 +63,8 @@ impl Link {
             };
             match result {
                 Ok(()) => backoff = BACKOFF_MIN,
+                // Registers again at once, now draining.
+                Err(LinkError::Draining) => continue,
                 Err(LinkError::Removed(message)) => {
                     return error!(%message, "removed from the cluster; restart this matcher to join again")
                 }
@@ -110,12 +112,13 @@ impl Link {
         let (tx, rx) = oneshot::channel();
         let _ = self.core.send(Input::RingNow { reply: tx }).await;
         let active = rx.await.ok().filter(|r| r.version > 0);
+        let draining = *self.draining.borrow_and_update();
         reg_w
             .send(&Frame::Register {
                 req: 1,
                 member: self.me.clone(),
                 active,
-                draining: self.draining.load(Ordering::Relaxed),
+                draining,
             })
             .await?;
         match reg_r.next().await? {
@@ -149,6 +152,12 @@ impl Link {
                     Some(other) => warn!(frame = ?other, "unexpected answer to a heartbeat"),
                     None => return Err(LinkError::Closed),
                 },
+                changed = self.draining.changed() => {
+                    return Err(match changed {
+                        Ok(()) => LinkError::Draining,
+                        Err(_) => LinkError::Closed,
+                    });
+                }
                 version = self.confirms.recv() => {
                     let Some(version) = version else { return Ok(()) };
                     reg_w.send(&Frame::Confirm { req, node: self.me.id.clone(), version }).await?;

@@ -27,6 +27,11 @@ pub enum BenchCommand {
     /// processes on loopback), and both designs in the simulator at 1,000–100,000 nodes;
     /// writes results.json, tables.md and plots.
     CompareModes(CompareArgs),
+    /// A real cluster (separate coordinator and matcher processes) under SDK load while a
+    /// seeded schedule of faults hits it; checks every subscriber's history for missing,
+    /// duplicated and reordered events and writes chaos.json, chaos.md and a timeline plot.
+    /// Exits with status 1 when an acknowledged event is missing or duplicated.
+    Chaos(ChaosArgs),
     /// Writes report.md and report.html again from DIR/results.jsonl.
     Report {
         /// The suite's output directory.
@@ -181,6 +186,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Suite(args) => suite(args),
         BenchCommand::Sim(args) => super::sim::run(*args),
         BenchCommand::CompareModes(args) => compare_modes(args),
+        BenchCommand::Chaos(args) => chaos(args),
         BenchCommand::Report { out: dir } => {
             sift_bench::report::write_reports(&dir)?;
             out(&format!(
@@ -388,6 +394,85 @@ fn suite(args: SuiteArgs) -> Result<()> {
         bail!(
             "{} run(s) failed (listed in {dir}/failures.jsonl and the report)",
             outcome.failures.len()
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `sift bench chaos`.
+#[derive(Args, Debug)]
+pub struct ChaosArgs {
+    /// Matchers at the start.
+    #[arg(long, default_value_t = 3)]
+    pub matchers: usize,
+    /// How long publishers publish (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = common::duration)]
+    pub duration: Duration,
+    /// The faults, in order, spread evenly over the run: join, drain, remove, term, kill,
+    /// pause, coordinator-kill, partition (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<sift_bench::chaos::FaultKind>,
+    /// Seeds the choice of targets (and the order with --shuffle).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Shuffle the faults' order (seeded).
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Publisher clients.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Acknowledged publishes in flight per publisher.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Publishes per second per publisher.
+    #[arg(long, default_value_t = 250)]
+    pub rate: u32,
+    /// Topics.
+    #[arg(long, default_value_t = 8)]
+    pub topics: usize,
+    /// How long a partition lasts (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = common::duration)]
+    pub partition: Duration,
+    /// The coordinator's port; matchers take the ports after it.
+    #[arg(long, default_value_t = 7700)]
+    pub port: u16,
+    /// Where reports, certificates and logs go.
+    #[arg(long, default_value = "chaos-out")]
+    pub out: PathBuf,
+}
+
+fn chaos(args: ChaosArgs) -> Result<()> {
+    if args.matchers == 0 || args.publishers == 0 || args.topics == 0 {
+        bail!("--matchers, --publishers and --topics must be at least 1");
+    }
+    let mut config = sift_bench::chaos::ChaosConfig::new(
+        std::env::current_exe().context("cannot find the sift binary")?,
+        args.out.clone(),
+    );
+    config.matchers = args.matchers;
+    config.duration = args.duration;
+    if !args.faults.is_empty() {
+        config.faults = args.faults.clone();
+    }
+    config.seed = args.seed;
+    config.shuffle = args.shuffle;
+    config.publishers = args.publishers;
+    config.in_flight = args.in_flight;
+    config.rate = args.rate;
+    config.topics = args.topics;
+    config.partition = args.partition;
+    config.port = args.port;
+    let report = common::runtime()?.block_on(sift_bench::chaos::run_chaos(&config))?;
+    out(&sift_bench::chaos::report::markdown(&report));
+    out(&format!(
+        "wrote {0}/chaos.json, {0}/chaos.md and {0}/chaos-timeline.svg (logs in {0})",
+        args.out.display()
+    ));
+    if report.verdict.missing > 0 || report.verdict.duplicates > 0 {
+        bail!(
+            "{} acknowledged events missing, {} duplicated",
+            report.verdict.missing,
+            report.verdict.duplicates
         );
     }
     Ok(())

@@ -126,7 +126,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Waits for Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub async fn shutdown_signal() -> Signal {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -135,16 +135,28 @@ pub async fn shutdown_signal() {
                 Ok(t) => t,
                 Err(_) => {
                     let _ = ctrl_c.await;
-                    return;
+                    return Signal::Interrupt;
                 }
             };
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => Signal::Interrupt,
+            _ = term.recv() => Signal::Terminate,
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = ctrl_c.await;
+        Signal::Interrupt
+    }
+}
+
+/// Which signal asked a server to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Ctrl-C (SIGINT): stop now.
+    Interrupt,
+    /// SIGTERM: a matcher drains first (lame duck).
+    Terminate,
 }
 
 /// Parses a duration like `30s`, `500ms`, `2m`.

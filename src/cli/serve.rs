@@ -46,6 +46,11 @@ fn node_tls(
     Ok((cert, tls))
 }
 
+/// How long a lame-duck drain waits for clients to move once out of the ring.
+const DRAIN_GRACE_DEFAULT: Duration = Duration::from_secs(2);
+/// The longest a lame-duck drain waits to leave the ring.
+const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
 /// Arguments of `sift coordinator`.
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
@@ -67,6 +72,14 @@ pub struct CoordinatorArgs {
     /// A matcher silent this long leaves the ring (e.g. 2500ms).
     #[arg(long, env = "SIFT_DEAD_AFTER", value_parser = common::duration)]
     pub dead_after: Option<Duration>,
+    /// How long a ring transition waits for the old owners to confirm their handoff before
+    /// it is abandoned and tried again (e.g. 10s).
+    #[arg(long, env = "SIFT_HANDOFF_TIMEOUT", value_parser = common::duration)]
+    pub handoff_timeout: Option<Duration>,
+    /// After a restart, how long the coordinator waits for the matchers to report the ring
+    /// they serve with before it builds one itself (e.g. 2500ms).
+    #[arg(long, env = "SIFT_RECOVERY", value_parser = common::duration)]
+    pub recovery: Option<Duration>,
     /// Require this token from every connection (matchers, clients, operators).
     #[arg(long, env = "SIFT_TOKEN")]
     pub token: Option<String>,
@@ -86,6 +99,8 @@ struct CoordinatorFile {
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     dead_after: Option<String>,
+    handoff_timeout: Option<String>,
+    recovery: Option<String>,
     token: Option<String>,
     connections_max: Option<usize>,
 }
@@ -104,6 +119,23 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .or(file.dead_after.map(|d| common::duration(&d)))
     {
         config.dead_after = d.map_err(anyhow::Error::msg)?;
+    }
+    if let Some(d) = args
+        .handoff_timeout
+        .map(Ok)
+        .or(file.handoff_timeout.map(|d| common::duration(&d)))
+    {
+        config.handoff_timeout = d.map_err(anyhow::Error::msg)?;
+        if config.handoff_timeout.is_zero() {
+            bail!("--handoff-timeout must be above zero");
+        }
+    }
+    if let Some(d) = args
+        .recovery
+        .map(Ok)
+        .or(file.recovery.map(|d| common::duration(&d)))
+    {
+        config.recovery = d.map_err(anyhow::Error::msg)?;
     }
     config.token = args.token.or(file.token);
     if let Some(n) = args.connections_max.or(file.connections_max) {
@@ -177,6 +209,14 @@ pub struct MatcherArgs {
     /// Redeliver an unacked at-least-once notification after this (e.g. 2s).
     #[arg(long, env = "SIFT_ACK_TIMEOUT", value_parser = common::duration)]
     pub ack_timeout: Option<Duration>,
+    /// SIGTERM is a lame-duck drain: the matcher leaves the ring through the handoff, then
+    /// waits this long for its clients to move before it exits (e.g. 2s).
+    #[arg(long, env = "SIFT_DRAIN_GRACE", value_parser = common::duration)]
+    pub drain_grace: Option<Duration>,
+    /// The longest a lame-duck drain waits to leave the ring (the coordinator unreachable)
+    /// before the matcher exits anyway, with status 1 (e.g. 60s).
+    #[arg(long, env = "SIFT_DRAIN_TIMEOUT", value_parser = common::duration)]
+    pub drain_timeout: Option<Duration>,
     /// Logs as JSON lines.
     #[arg(long, env = "SIFT_LOG_JSON")]
     pub log_json: bool,
@@ -226,6 +266,8 @@ struct MatcherFile {
     queue_len: Option<usize>,
     slow_consumer: Option<String>,
     ack_timeout: Option<String>,
+    drain_grace: Option<String>,
+    drain_timeout: Option<String>,
     coordinator_token: Option<String>,
     connections_max: Option<usize>,
 }
@@ -266,6 +308,22 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
     {
         config.ack_timeout = d.map_err(anyhow::Error::msg)?;
     }
+    let drain_grace = match args
+        .drain_grace
+        .map(Ok)
+        .or(f.drain_grace.map(|d| common::duration(&d)))
+    {
+        Some(d) => d.map_err(anyhow::Error::msg)?,
+        None => DRAIN_GRACE_DEFAULT,
+    };
+    let drain_timeout = match args
+        .drain_timeout
+        .map(Ok)
+        .or(f.drain_timeout.map(|d| common::duration(&d)))
+    {
+        Some(d) => d.map_err(anyhow::Error::msg)?,
+        None => DRAIN_TIMEOUT_DEFAULT,
+    };
     let (cert, tls) = node_tls(
         args.cert.as_ref().or(f.cert.as_ref()),
         args.key.as_ref().or(f.key.as_ref()),
@@ -344,9 +402,22 @@ pub fn matcher(args: MatcherArgs) -> Result<()> {
     };
     common::runtime()?.block_on(async move {
         let m = Matcher::start(config, tls, to_coordinator).context("cannot start the matcher")?;
-        common::shutdown_signal().await;
+        let mut left = true;
+        if common::shutdown_signal().await == common::Signal::Terminate {
+            tracing::info!("SIGTERM: lame-duck drain");
+            left = m.drain(drain_grace, drain_timeout).await;
+            if !left {
+                tracing::warn!(
+                    timeout_ms = drain_timeout.as_millis() as u64,
+                    "did not leave the ring in time; stopping anyway"
+                );
+            }
+        }
         tracing::info!("stopping");
         m.shutdown().await;
+        if !left {
+            bail!("the lame-duck drain did not complete");
+        }
         Ok(())
     })
 }

@@ -232,6 +232,7 @@ impl Core {
     pub(super) fn activate(&mut self, ring: Ring) {
         let version = ring.version;
         self.placement = Placement::new(&ring);
+        self.ring_watch.send_replace(ring);
         if self
             .pending
             .as_ref()

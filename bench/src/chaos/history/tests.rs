@@ -1,0 +1,123 @@
+use super::*;
+use sift_protocol::PublisherId;
+
+fn id(p: u128, seq: u64) -> EventId {
+    EventId {
+        publisher: PublisherId(p),
+        seq,
+    }
+}
+
+fn publish(p: u128, seq: u64, topic: &str, sent: u64, acked: Option<u64>) -> PublishRecord {
+    PublishRecord {
+        id: id(p, seq),
+        topic: topic.into(),
+        k: seq as i64 % 4,
+        sent_ms: sent,
+        acked_ms: acked,
+    }
+}
+
+fn sub(name: &str, pattern: &str, from: u64, got: &[(u128, u64, u64)]) -> SubscriberHistory {
+    SubscriberHistory {
+        name: name.into(),
+        unit: name.into(),
+        pattern: pattern.into(),
+        k_in: None,
+        mode: "at-least-once".into(),
+        live_from_ms: Some(from),
+        ended_ms: None,
+        deliveries: got
+            .iter()
+            .map(|&(p, seq, at)| DeliveryRecord {
+                id: id(p, seq),
+                at_ms: at,
+            })
+            .collect(),
+    }
+}
+
+fn three() -> Vec<PublishRecord> {
+    vec![
+        publish(1, 1, "a.x", 10, Some(11)),
+        publish(1, 2, "a.x", 20, Some(21)),
+        publish(1, 3, "a.x", 30, Some(31)),
+    ]
+}
+
+#[test]
+fn a_clean_history_passes() {
+    let v = check(
+        &three(),
+        &[sub("s", "a.x", 0, &[(1, 1, 12), (1, 2, 22), (1, 3, 32)])],
+    );
+    assert_eq!(
+        (v.missing, v.duplicates, v.out_of_order, v.spurious),
+        (0, 0, 0, 0)
+    );
+    assert_eq!((v.units[0].owed, v.units[0].got, v.acked), (3, 3, 3));
+}
+
+#[test]
+fn a_loss_is_found_and_named() {
+    let v = check(&three(), &[sub("s", "a.*", 0, &[(1, 1, 12), (1, 3, 32)])]);
+    assert_eq!(v.missing, 1);
+    assert_eq!(v.units[0].missing_examples, vec![id(1, 2)]);
+}
+
+#[test]
+fn a_duplicate_and_a_reorder_are_counted() {
+    let v = check(
+        &three(),
+        &[sub(
+            "s",
+            "a.x",
+            0,
+            &[(1, 1, 12), (1, 3, 32), (1, 2, 33), (1, 3, 34)],
+        )],
+    );
+    assert_eq!((v.missing, v.duplicates, v.out_of_order), (0, 1, 1));
+}
+
+#[test]
+fn a_subscription_that_was_not_live_is_owed_nothing_it_missed() {
+    // Subscribed after the first publish was sent; ended before the third was acked.
+    let mut s = sub("s", "a.x", 15, &[(1, 2, 22)]);
+    s.ended_ms = Some(25);
+    let v = check(&three(), &[s]);
+    assert_eq!((v.units[0].owed, v.missing), (1, 0));
+    // An event never acknowledged is owed to nobody.
+    let mut publishes = three();
+    publishes[1].acked_ms = None;
+    let v = check(&publishes, &[sub("t", "a.x", 0, &[(1, 1, 12), (1, 3, 32)])]);
+    assert_eq!((v.missing, v.unacked), (0, 1));
+}
+
+#[test]
+fn filters_and_groups_decide_what_is_owed() {
+    let mut filtered = sub("f", "a.>", 0, &[(1, 1, 12)]);
+    filtered.k_in = Some(vec![1]);
+    let mut g1 = sub("g1", "a.x", 0, &[(1, 1, 12), (1, 3, 32)]);
+    let mut g2 = sub("g2", "a.x", 0, &[(1, 2, 22)]);
+    g1.unit = "g".into();
+    g2.unit = "g".into();
+    let v = check(&three(), &[filtered, g1, g2]);
+    let f = v.units.iter().find(|u| u.unit == "f").unwrap();
+    assert_eq!((f.owed, f.missing), (1, 0));
+    let g = v.units.iter().find(|u| u.unit == "g").unwrap();
+    assert_eq!((g.owed, g.got, g.duplicates), (3, 3, 0));
+    // A delivery the filter does not allow is spurious.
+    let mut wrong = sub("w", "a.x", 0, &[(1, 2, 22)]);
+    wrong.k_in = Some(vec![1]);
+    assert_eq!(check(&three(), &[wrong]).spurious, 1);
+}
+
+#[test]
+fn timeline_and_gaps() {
+    let s = sub("s", "a.x", 0, &[(1, 1, 100), (1, 2, 150), (1, 3, 900)]);
+    assert_eq!(timeline(std::slice::from_ref(&s), 500, 999), vec![2, 1]);
+    // A fault at 200: nothing from 150 until 900.
+    assert_eq!(gap_around(std::slice::from_ref(&s), 200, 1000), 750);
+    // Nothing at all after the fault: the gap runs to the window's end.
+    assert_eq!(gap_around(std::slice::from_ref(&s), 1000, 500), 600);
+}

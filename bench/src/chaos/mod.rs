@@ -1,0 +1,670 @@
+//! `sift bench chaos`: a real cluster of separate `sift coordinator` and `sift matcher`
+//! processes under SDK load (acknowledged publishes pipelined; exact, pattern, filtered and
+//! group subscribers in both delivery modes) while a seeded schedule of faults hits it —
+//! join, drain, remove, SIGTERM (lame-duck drain), SIGKILL, SIGSTOP/SIGCONT, a coordinator
+//! SIGKILL, a network partition of one matcher (network namespaces). Then the client-side
+//! histories are checked ([`history`]) and written as JSON, markdown and a timeline plot.
+
+pub mod history;
+pub mod procs;
+pub mod report;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sift_client::{Client, ClientConfig, Message};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use self::history::{DeliveryRecord, PublishRecord, SubscriberHistory, Verdict};
+use self::procs::{netns_available, ChaosCluster};
+
+/// A fault the harness can apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// A new matcher joins.
+    Join,
+    /// `sift admin drain` of a matcher (it keeps running, out of the ring).
+    Drain,
+    /// A drained matcher is removed (`sift admin remove`) and stopped.
+    Remove,
+    /// SIGTERM: the matcher's lame-duck drain, then it exits; it is started again.
+    Term,
+    /// SIGKILL of a matcher, started again 2 s later.
+    Kill,
+    /// SIGSTOP of a matcher for 3 s, then SIGCONT.
+    Pause,
+    /// SIGKILL of the coordinator, started again 1.5 s later.
+    CoordinatorKill,
+    /// A matcher cut off the network (its namespace's link down) for the partition time.
+    Partition,
+}
+
+impl FaultKind {
+    /// Every fault, in the default schedule's order.
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Join,
+        FaultKind::Drain,
+        FaultKind::Remove,
+        FaultKind::Term,
+        FaultKind::Pause,
+        FaultKind::CoordinatorKill,
+        FaultKind::Kill,
+        FaultKind::Partition,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            FaultKind::Join => "join",
+            FaultKind::Drain => "drain",
+            FaultKind::Remove => "remove",
+            FaultKind::Term => "term",
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::CoordinatorKill => "coordinator-kill",
+            FaultKind::Partition => "partition",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FaultKind, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown fault {s:?}; one of {}", names.join(", "))
+            })
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    /// The `sift` binary.
+    pub exe: PathBuf,
+    /// Certificates, logs and reports go here.
+    pub dir: PathBuf,
+    /// The coordinator's port; matchers take the ports after it.
+    pub port: u16,
+    /// Matchers at the start.
+    pub matchers: usize,
+    /// How long publishers publish.
+    pub duration: Duration,
+    /// Seeds the choice of targets (and the order, with `shuffle`).
+    pub seed: u64,
+    /// The faults, spread evenly over the run.
+    pub faults: Vec<FaultKind>,
+    /// Shuffle the faults' order (seeded).
+    pub shuffle: bool,
+    /// Publisher clients.
+    pub publishers: usize,
+    /// Acknowledged publishes in flight per publisher.
+    pub in_flight: usize,
+    /// Publishes per second per publisher.
+    pub rate: u32,
+    /// Topics (`chaos.t0` …).
+    pub topics: usize,
+    /// How long a partition lasts.
+    pub partition: Duration,
+    /// After the last publish, how long subscribers keep reading (redeliveries).
+    pub settle: Duration,
+    /// Extra `sift coordinator` flags.
+    pub coordinator_flags: Vec<String>,
+    /// Extra `sift matcher` flags.
+    pub matcher_flags: Vec<String>,
+}
+
+impl ChaosConfig {
+    /// Defaults for the `sift` binary `exe`, writing into `dir`.
+    pub fn new(exe: PathBuf, dir: PathBuf) -> ChaosConfig {
+        ChaosConfig {
+            exe,
+            dir,
+            port: 7700,
+            matchers: 3,
+            duration: Duration::from_secs(30),
+            seed: 1,
+            faults: FaultKind::ALL.to_vec(),
+            shuffle: false,
+            publishers: 4,
+            in_flight: 64,
+            rate: 250,
+            topics: 8,
+            partition: Duration::from_secs(10),
+            settle: Duration::from_secs(4),
+            coordinator_flags: Vec::new(),
+            matcher_flags: vec!["--drain-grace".into(), "1s".into()],
+        }
+    }
+}
+
+/// One fault as applied.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// When it started (ms since the run started).
+    pub at_ms: u64,
+    /// When it was over (the process back, the partition healed…).
+    pub until_ms: u64,
+    /// What.
+    pub kind: FaultKind,
+    /// On which matcher (or the coordinator).
+    pub target: String,
+    /// What happened (exit status, drain time…).
+    pub detail: String,
+    /// The longest stretch without any delivery around it, in ms.
+    pub gap_ms: u64,
+}
+
+/// A run's outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChaosReport {
+    /// The seed.
+    pub seed: u64,
+    /// Matchers at the start.
+    pub matchers: usize,
+    /// Publishing time, ms.
+    pub duration_ms: u64,
+    /// Publishers × rate.
+    pub publish_rate: u64,
+    /// The faults.
+    pub faults: Vec<FaultRecord>,
+    /// Faults asked for that could not run here, and why.
+    pub skipped: Vec<String>,
+    /// The histories' verdict.
+    pub verdict: Verdict,
+    /// Notifications received in all.
+    pub delivered: usize,
+    /// Deliveries per 100 ms.
+    pub timeline: Vec<u64>,
+}
+
+/// One subscription the harness holds.
+struct SubPlan {
+    name: String,
+    unit: String,
+    pattern: String,
+    k_in: Option<Vec<i64>>,
+    alo: bool,
+    group: Option<String>,
+}
+
+fn plans(topics: usize) -> Vec<SubPlan> {
+    let mut v = Vec::new();
+    for alo in [false, true] {
+        let mode = if alo { "alo" } else { "amo" };
+        for t in 0..topics {
+            let name = format!("exact-t{t}-{mode}");
+            v.push(SubPlan {
+                unit: name.clone(),
+                name,
+                pattern: format!("chaos.t{t}"),
+                k_in: None,
+                alo,
+                group: None,
+            });
+        }
+        v.push(SubPlan {
+            name: format!("pattern-{mode}"),
+            unit: format!("pattern-{mode}"),
+            pattern: "chaos.>".into(),
+            k_in: None,
+            alo,
+            group: None,
+        });
+        v.push(SubPlan {
+            name: format!("filtered-{mode}"),
+            unit: format!("filtered-{mode}"),
+            pattern: "chaos.*".into(),
+            k_in: Some(vec![1]),
+            alo,
+            group: None,
+        });
+        for member in 0..2 {
+            v.push(SubPlan {
+                name: format!("group-{mode}-{member}"),
+                unit: format!("group-{mode}"),
+                pattern: "chaos.>".into(),
+                k_in: None,
+                alo,
+                group: Some(format!("workers-{mode}")),
+            });
+        }
+    }
+    v
+}
+
+fn ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// Runs the harness.
+pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
+    std::fs::create_dir_all(&config.dir)
+        .with_context(|| format!("cannot create {}", config.dir.display()))?;
+    let mut faults = config.faults.clone();
+    let mut skipped = Vec::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    if config.shuffle {
+        faults.shuffle(&mut rng);
+    }
+    let mut namespaces = false;
+    if faults.contains(&FaultKind::Partition) {
+        match netns_available() {
+            Ok(()) => namespaces = true,
+            Err(why) => {
+                warn!(%why, "partition faults skipped");
+                skipped.push(format!("partition: {why}"));
+                faults.retain(|f| *f != FaultKind::Partition);
+            }
+        }
+    }
+    let mut cluster = ChaosCluster::start(
+        &config.exe,
+        &config.dir,
+        config.port,
+        config.matchers,
+        namespaces,
+        config.coordinator_flags.clone(),
+        config.matcher_flags.clone(),
+    )?;
+    let result = drive(config, &mut cluster, &faults, &mut rng).await;
+    cluster.stop();
+    let (publishes, histories, records, duration_ms) = result?;
+    let mut verdict = history::check(&publishes, &histories);
+    verdict.units.sort_by(|a, b| a.unit.cmp(&b.unit));
+    let until = histories
+        .iter()
+        .flat_map(|h| h.deliveries.iter().map(|d| d.at_ms))
+        .max()
+        .unwrap_or(0);
+    let mut faults_out = records;
+    for (i, f) in faults_out.clone().iter().enumerate() {
+        let next = faults_out
+            .get(i + 1)
+            .map_or(until, |n| n.at_ms)
+            .max(f.until_ms);
+        faults_out[i].gap_ms = history::gap_around(&histories, f.at_ms, next - f.at_ms);
+    }
+    let report = ChaosReport {
+        seed: config.seed,
+        matchers: config.matchers,
+        duration_ms,
+        publish_rate: config.publishers as u64 * u64::from(config.rate),
+        faults: faults_out,
+        skipped,
+        delivered: histories.iter().map(|h| h.deliveries.len()).sum(),
+        timeline: history::timeline(&histories, 100, until),
+        verdict,
+    };
+    report::write(&config.dir, &report)?;
+    let raw = serde_json::json!({ "publishes": publishes, "subscribers": histories });
+    std::fs::write(config.dir.join("chaos-histories.json"), raw.to_string())?;
+    Ok(report)
+}
+
+type Histories = (
+    Vec<PublishRecord>,
+    Vec<SubscriberHistory>,
+    Vec<FaultRecord>,
+    u64,
+);
+
+async fn connect(config: &ClientConfig) -> Result<Client> {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(c) = Client::connect(config.clone()).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .context("the coordinator did not answer within 20 s")
+}
+
+async fn drive(
+    config: &ChaosConfig,
+    cluster: &mut ChaosCluster,
+    faults: &[FaultKind],
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Histories> {
+    let addr = cluster
+        .coordinator_addr()
+        .parse()
+        .context("coordinator address")?;
+    let client_config = ClientConfig::new(addr, cluster.ca_pem()?);
+    let admin = connect(&client_config).await?;
+    let mut ring = admin.watch_ring();
+    let n = config.matchers;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ring.wait_for(|p| p.as_ref().is_some_and(|p| p.members().len() == n)),
+    )
+    .await
+    .context("the ring did not reach its matchers within 20 s")?
+    .context("ring watch")?;
+    let start = Instant::now();
+
+    // Subscribers.
+    let subscriber = connect(&client_config).await?;
+    let mut recorders = Vec::new();
+    for plan in plans(config.topics) {
+        let mut b = subscriber.subscribe(plan.pattern.clone());
+        if let Some(ks) = &plan.k_in {
+            let list: Vec<String> = ks.iter().map(i64::to_string).collect();
+            b = b.filter(format!("k in [{}]", list.join(", ")));
+        }
+        if let Some(g) = &plan.group {
+            b = b.group(g.clone());
+        }
+        if plan.alo {
+            b = b.at_least_once();
+        }
+        let mut sub = b
+            .start()
+            .await
+            .with_context(|| format!("subscribe {}", plan.name))?;
+        let history = Arc::new(Mutex::new(SubscriberHistory {
+            name: plan.name.clone(),
+            unit: plan.unit.clone(),
+            pattern: plan.pattern.clone(),
+            k_in: plan.k_in.clone(),
+            mode: if plan.alo {
+                "at-least-once"
+            } else {
+                "at-most-once"
+            }
+            .into(),
+            live_from_ms: Some(ms(start)),
+            ended_ms: None,
+            deliveries: Vec::new(),
+        }));
+        let h = history.clone();
+        let task = tokio::spawn(async move {
+            while let Some(n) = sub.next().await {
+                let rec = DeliveryRecord {
+                    id: n.event.id,
+                    at_ms: ms(start),
+                };
+                h.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .deliveries
+                    .push(rec);
+                if n.needs_ack() {
+                    let _ = n.ack().await;
+                }
+            }
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            h.ended_ms = Some(ms(start));
+            warn!(sub = %h.name, reason = ?sub.end_reason(), "subscription ended");
+            drop(h);
+            sub
+        });
+        recorders.push((history, task));
+    }
+
+    // Publishers.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut publishers = Vec::new();
+    for p in 0..config.publishers {
+        let client = connect(&client_config).await?;
+        let mut stop = stop_rx.clone();
+        let (topics, rate, in_flight) =
+            (config.topics, config.rate.max(1), config.in_flight.max(1));
+        publishers.push(tokio::spawn(async move {
+            let mut records = Vec::new();
+            let mut failed = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pending = FuturesUnordered::new();
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick(), if pending.len() < in_flight => {
+                        let topic = format!("chaos.t{}", (n as usize + p) % topics);
+                        let k = (n % 4) as i64;
+                        n += 1;
+                        let sent = ms(start);
+                        let msg = Message::new(topic.clone()).attr("k", k).attr("p", p as i64);
+                        let c = &client;
+                        pending.push(async move {
+                            let r = c.publish_acked(msg).await;
+                            (r, topic, k, sent)
+                        });
+                    }
+                    Some((r, topic, k, sent)) = pending.next(), if !pending.is_empty() => {
+                        match r {
+                            Ok(id) => records.push(PublishRecord { id, topic, k, sent_ms: sent, acked_ms: Some(ms(start)) }),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+            }
+            while let Some((r, topic, k, sent)) = pending.next().await {
+                match r {
+                    Ok(id) => records.push(PublishRecord { id, topic, k, sent_ms: sent, acked_ms: Some(ms(start)) }),
+                    Err(_) => failed += 1,
+                }
+            }
+            drop(pending);
+            client.close().await;
+            (records, failed)
+        }));
+    }
+
+    // Faults, evenly spread between 2 s in and 2 s before the end.
+    let warm = Duration::from_secs(2).min(config.duration / 4);
+    let span = config.duration.saturating_sub(warm * 2);
+    let step = span / (faults.len() as u32 + 1).max(1);
+    let mut records = Vec::new();
+    let mut drained: Vec<String> = Vec::new();
+    for (i, &kind) in faults.iter().enumerate() {
+        let at = warm + step * (i as u32 + 1);
+        let now = start.elapsed();
+        if at > now {
+            tokio::time::sleep(at - now).await;
+        }
+        let at_ms = ms(start);
+        let in_ring: Vec<String> = admin
+            .ring()
+            .map(|r| r.members.into_iter().map(|m| m.id).collect())
+            .unwrap_or_default();
+        let pick = |rng: &mut rand_chacha::ChaCha8Rng, among: &[String]| among.choose(rng).cloned();
+        let serving: Vec<String> = cluster
+            .running()
+            .into_iter()
+            .filter(|id| in_ring.contains(id))
+            .collect();
+        info!(%kind, at_ms, "fault");
+        let (target, detail) = match kind {
+            FaultKind::Join => {
+                let id = cluster.add_matcher()?;
+                (id, "started".to_owned())
+            }
+            FaultKind::Drain | FaultKind::Remove if serving.len() < 2 && drained.is_empty() => (
+                "-".into(),
+                "skipped: fewer than two matchers serving".into(),
+            ),
+            FaultKind::Drain => {
+                let id = pick(rng, &serving).context("no matcher")?;
+                let t0 = Instant::now();
+                admin.admin_drain(&id).await.context("admin drain")?;
+                let left = wait_ring(
+                    &mut ring,
+                    |m| !m.contains(&id.as_str()),
+                    Duration::from_secs(30),
+                )
+                .await;
+                drained.push(id.clone());
+                (
+                    id,
+                    format!(
+                        "left the ring after {} ms: {left}",
+                        t0.elapsed().as_millis()
+                    ),
+                )
+            }
+            FaultKind::Remove => {
+                let id = match drained.pop() {
+                    Some(id) => id,
+                    None => {
+                        let id = pick(rng, &serving).context("no matcher")?;
+                        admin.admin_drain(&id).await.context("admin drain")?;
+                        wait_ring(
+                            &mut ring,
+                            |m| !m.contains(&id.as_str()),
+                            Duration::from_secs(30),
+                        )
+                        .await;
+                        id
+                    }
+                };
+                admin.admin_remove(&id).await.context("admin remove")?;
+                cluster.signal(&id, "TERM").ok();
+                let code = cluster.wait_exit(&id, Duration::from_secs(30)).await;
+                (id, format!("removed; exit {code:?}"))
+            }
+            FaultKind::Term | FaultKind::Kill | FaultKind::Pause | FaultKind::Partition
+                if serving.len() < 2 =>
+            {
+                (
+                    "-".into(),
+                    "skipped: fewer than two matchers serving".into(),
+                )
+            }
+            FaultKind::Term => {
+                let id = pick(rng, &serving).context("no matcher")?;
+                let t0 = Instant::now();
+                cluster.signal(&id, "TERM")?;
+                let code = cluster.wait_exit(&id, Duration::from_secs(60)).await;
+                let took = t0.elapsed().as_millis();
+                cluster.start_matcher(&id)?;
+                (
+                    id,
+                    format!("lame-duck drain and exit in {took} ms, exit {code:?}; started again"),
+                )
+            }
+            FaultKind::Kill => {
+                let id = pick(rng, &serving).context("no matcher")?;
+                cluster.kill_matcher(&id);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                cluster.start_matcher(&id)?;
+                (id, "SIGKILL; started again after 2 s".into())
+            }
+            FaultKind::Pause => {
+                let id = pick(rng, &serving).context("no matcher")?;
+                cluster.signal(&id, "STOP")?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.signal(&id, "CONT")?;
+                (id, "SIGSTOP for 3 s".into())
+            }
+            FaultKind::CoordinatorKill => {
+                cluster.kill_coordinator();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                cluster.start_coordinator()?;
+                (
+                    "coordinator".into(),
+                    "SIGKILL; started again after 1.5 s".into(),
+                )
+            }
+            FaultKind::Partition => {
+                let id = pick(rng, &serving).context("no matcher")?;
+                let ns = cluster
+                    .matchers
+                    .get(&id)
+                    .and_then(|m| m.netns.as_ref())
+                    .context("the matcher has no namespace")?;
+                ns.set_link(false)?;
+                tokio::time::sleep(config.partition).await;
+                let ns = cluster
+                    .matchers
+                    .get(&id)
+                    .and_then(|m| m.netns.as_ref())
+                    .context("the matcher has no namespace")?;
+                ns.set_link(true)?;
+                (
+                    id,
+                    format!("cut off for {} ms", config.partition.as_millis()),
+                )
+            }
+        };
+        info!(%kind, %target, %detail, "fault done");
+        records.push(FaultRecord {
+            at_ms,
+            until_ms: ms(start),
+            kind,
+            target,
+            detail,
+            gap_ms: 0,
+        });
+    }
+    let now = start.elapsed();
+    if config.duration > now {
+        tokio::time::sleep(config.duration - now).await;
+    }
+    let duration_ms = ms(start);
+    let _ = stop_tx.send(true);
+    let mut publishes = Vec::new();
+    let mut failed = 0;
+    for p in publishers {
+        let (r, f) = p.await.context("publisher task")?;
+        publishes.extend(r);
+        failed += f;
+    }
+    if failed > 0 {
+        info!(failed, "publishes never acknowledged");
+    }
+    tokio::time::sleep(config.settle).await;
+    let histories: Vec<SubscriberHistory> = recorders
+        .iter()
+        .map(|(h, _)| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .collect();
+    for (_, task) in recorders {
+        task.abort();
+    }
+    subscriber.close().await;
+    admin.close().await;
+    if publishes.is_empty() {
+        bail!("no publish was acknowledged");
+    }
+    Ok((publishes, histories, records, duration_ms))
+}
+
+/// Waits (bounded) until the ring's member ids satisfy `done`; whether they did.
+async fn wait_ring(
+    ring: &mut watch::Receiver<Option<Arc<sift_protocol::ring::Placement>>>,
+    done: impl Fn(&[&str]) -> bool,
+    timeout: Duration,
+) -> bool {
+    tokio::time::timeout(
+        timeout,
+        ring.wait_for(|p| {
+            p.as_ref().is_some_and(|p| {
+                let ids: Vec<&str> = p.members().iter().map(|m| m.id.as_str()).collect();
+                done(&ids)
+            })
+        }),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}

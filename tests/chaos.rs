@@ -1,0 +1,97 @@
+//! `sift bench chaos` as an operator would run it, short: a coordinator and three matcher
+//! processes under acknowledged load while a matcher joins, one is drained, a drained one is
+//! removed and one gets SIGTERM (its lame-duck drain). The client-side histories must show
+//! no acknowledged event missing at any live matching subscription — exact, pattern,
+//! filtered and group, in both delivery modes — and none twice past the SDK.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sift-chaos-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn operators_scaling_under_load_lose_nothing() {
+    let out = tempdir();
+    // A port range of this process's own.
+    let port = 30_000 + ((std::process::id() % 400) as u16) * 20;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sift"));
+    c.args(["bench", "chaos", "--duration", "12s", "--rate", "100"])
+        .args(["--faults", "join,drain,remove,term"])
+        .args(["--port", &port.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .env("RUST_LOG", "warn");
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            panic!("the chaos run took longer than 120 s");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "sift bench chaos failed:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("chaos.json")).unwrap()).unwrap();
+    let verdict = &report["verdict"];
+    assert_eq!(verdict["missing"], 0, "{stdout}");
+    assert_eq!(verdict["duplicates"], 0, "{stdout}");
+    assert_eq!(verdict["spurious"], 0, "{stdout}");
+    assert!(verdict["acked"].as_u64().unwrap() > 500, "{stdout}");
+    // Every kind of subscription was owed events, in both modes.
+    let units = verdict["units"].as_array().unwrap();
+    for unit in [
+        "pattern-amo",
+        "pattern-alo",
+        "filtered-amo",
+        "filtered-alo",
+        "group-amo",
+        "group-alo",
+        "exact-t0-amo",
+        "exact-t0-alo",
+    ] {
+        let u = units.iter().find(|u| u["unit"] == unit).unwrap();
+        assert!(u["owed"].as_u64().unwrap() > 0, "{unit} was owed nothing");
+        assert_eq!(u["missing"], 0, "{unit}: {stdout}");
+    }
+    // Every fault ran (none skipped for lack of matchers).
+    let faults = report["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 4);
+    for f in faults {
+        assert!(!f["detail"].as_str().unwrap().starts_with("skipped"), "{f}");
+    }
+    let term = faults.iter().find(|f| f["kind"] == "term").unwrap();
+    assert!(
+        term["detail"]
+            .as_str()
+            .unwrap()
+            .contains("exit Ok(Some(0))"),
+        "{term}"
+    );
+    assert!(out.join("chaos.md").exists() && out.join("chaos-timeline.svg").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
