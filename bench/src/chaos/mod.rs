@@ -508,21 +508,25 @@ async fn drive(
             FaultKind::Drain => {
                 let id = pick(rng, &serving).context("no matcher")?;
                 let t0 = Instant::now();
-                admin.admin_drain(&id).await.context("admin drain")?;
-                let left = wait_ring(
-                    &mut ring,
-                    |m| !m.contains(&id.as_str()),
-                    Duration::from_secs(30),
-                )
-                .await;
-                drained.push(id.clone());
-                (
-                    id,
-                    format!(
-                        "left the ring after {} ms: {left}",
-                        t0.elapsed().as_millis()
-                    ),
-                )
+                match admin.admin_drain(&id).await {
+                    Ok(()) => {
+                        let left = wait_ring(
+                            &mut ring,
+                            |m| !m.contains(&id.as_str()),
+                            Duration::from_secs(30),
+                        )
+                        .await;
+                        drained.push(id.clone());
+                        let took = t0.elapsed().as_millis();
+                        let what = if left {
+                            "left the ring"
+                        } else {
+                            "still in the ring"
+                        };
+                        (id, format!("{what} after {took} ms"))
+                    }
+                    Err(e) => (id, format!("drain refused: {e}")),
+                }
             }
             FaultKind::Remove => {
                 let id = match drained.pop() {
@@ -539,10 +543,14 @@ async fn drive(
                         id
                     }
                 };
-                admin.admin_remove(&id).await.context("admin remove")?;
-                cluster.signal(&id, "TERM").ok();
-                let code = cluster.wait_exit(&id, Duration::from_secs(30)).await;
-                (id, format!("removed; exit {code:?}"))
+                match admin.admin_remove(&id).await {
+                    Ok(()) => {
+                        cluster.signal(&id, "TERM").ok();
+                        let code = cluster.wait_exit(&id, Duration::from_secs(30)).await;
+                        (id, format!("removed; exit {code:?}"))
+                    }
+                    Err(e) => (id, format!("remove refused: {e}")),
+                }
             }
             FaultKind::Term | FaultKind::Kill | FaultKind::Pause | FaultKind::Partition
                 if serving.len() < 2 =>

@@ -136,6 +136,8 @@ pub struct ChaosCluster {
     namespaces: bool,
     tag: String,
     host_ip_added: bool,
+    /// `net.ipv4.ip_forward` before the harness set it (namespaces talk through the host).
+    ip_forward_was: Option<String>,
     /// Extra `sift matcher` flags.
     matcher_flags: Vec<String>,
     /// Extra `sift coordinator` flags.
@@ -168,6 +170,7 @@ impl ChaosCluster {
             namespaces,
             tag,
             host_ip_added: false,
+            ip_forward_was: None,
             matcher_flags,
             coordinator_flags,
         };
@@ -180,6 +183,11 @@ impl ChaosCluster {
                 }
             })?;
             c.host_ip_added = true;
+            // The host routes between the namespaces.
+            let path = "/proc/sys/net/ipv4/ip_forward";
+            let was = std::fs::read_to_string(path).context("cannot read ip_forward")?;
+            std::fs::write(path, "1").context("cannot enable ip_forward")?;
+            c.ip_forward_was = Some(was.trim().to_owned());
         }
         c.start_coordinator()?;
         for _ in 0..matchers {
@@ -389,6 +397,9 @@ impl ChaosCluster {
         self.matchers.clear();
         if self.host_ip_added {
             let _ = run_ip(&["addr", "del", &format!("{HOST_IP}/32"), "dev", "lo"]);
+        }
+        if let Some(was) = self.ip_forward_was.take() {
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", was);
         }
     }
 }
