@@ -136,8 +136,10 @@ pub(crate) struct SubState {
     pub(crate) end: Arc<Mutex<Option<EndReason>>>,
     /// Matchers (addresses) where it is live.
     pub(crate) nodes: HashSet<String>,
-    /// At-least-once only: event ids delivered to the application, and those it acked.
+    /// Event ids delivered to the application, and (at-least-once) those it acked.
     pub(crate) seen: Option<(DedupWindow<EventId>, DedupWindow<EventId>)>,
+    /// At-least-once: the application acks each notification.
+    pub(crate) alo: bool,
     /// When the lease should next be renewed.
     pub(crate) renew_at: Option<Instant>,
     /// A placement task is running for it.
@@ -277,33 +279,78 @@ impl Client {
         let (topic, event) = self.inner.event(message)?;
         let id = event.id;
         let mut attempt = 0;
+        // Owners that did not answer are skipped on the next attempt: with replicas the
+        // next owner takes the publish without waiting for the ring to change.
+        let mut skip = 0;
         loop {
             attempt += 1;
-            let result = async {
-                let addr = self.inner.owner(&topic)?;
-                let req = self.inner.next_req();
-                let ring_version = self.inner.ring_version();
-                let frame = Frame::Publish(Publish {
-                    req: Some(req),
-                    ring_version,
-                    event: event.clone(),
-                });
-                match self.inner.request(&addr, req, frame).await? {
-                    Frame::PublishAck { .. } => Ok(()),
-                    other => Err(refusal(other)),
-                }
-            }
-            .await;
-            match result {
+            match self.publish_once(&topic, &event, skip).await {
                 Ok(()) => return Ok(id),
                 Err(e)
                     if attempt <= self.inner.config.retries_max
                         && self.inner.retryable(&e, attempt).await =>
                 {
-                    continue
+                    if matches!(e, ClientError::Timeout | ClientError::Connection(_)) {
+                        skip += 1;
+                    }
+                    continue;
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// One try of an acknowledged publish: to the topic's primary (or the owner after the
+    /// `skip` that failed) and, with replicas, also to the next owner if the first has not
+    /// answered within `failover_after`; the first acknowledgement wins.
+    async fn publish_once(
+        &self,
+        topic: &str,
+        event: &Event,
+        skip: usize,
+    ) -> Result<(), ClientError> {
+        let owners: Vec<String> = self
+            .inner
+            .placement()?
+            .owners(topic)
+            .iter()
+            .map(|m| m.addr.clone())
+            .collect();
+        if owners.is_empty() {
+            return Err(ClientError::NoMatcher("the ring is empty".into()));
+        }
+        let first = owners[skip % owners.len()].clone();
+        let primary = self.publish_to(first, event);
+        if owners.len() < 2 {
+            return primary.await;
+        }
+        let second = owners[(skip + 1) % owners.len()].clone();
+        tokio::pin!(primary);
+        tokio::select! {
+            r = &mut primary => r,
+            _ = tokio::time::sleep(self.inner.config.failover_after) => {
+                let hedge = self.publish_to(second, event);
+                tokio::pin!(hedge);
+                match futures::future::select(primary, hedge).await {
+                    futures::future::Either::Left((Ok(()), _))
+                    | futures::future::Either::Right((Ok(()), _)) => Ok(()),
+                    futures::future::Either::Left((Err(_), other)) => other.await,
+                    futures::future::Either::Right((Err(_), other)) => other.await,
+                }
+            }
+        }
+    }
+
+    async fn publish_to(&self, addr: String, event: &Event) -> Result<(), ClientError> {
+        let req = self.inner.next_req();
+        let frame = Frame::Publish(Publish {
+            req: Some(req),
+            ring_version: self.inner.ring_version(),
+            event: event.clone(),
+        });
+        match self.inner.request(&addr, req, frame).await? {
+            Frame::PublishAck { .. } => Ok(()),
+            other => Err(refusal(other)),
         }
     }
 
@@ -720,7 +767,7 @@ impl Inner {
         let Some(sub) = subs.get_mut(&n.sub) else {
             return;
         };
-        let acker = sub.seen.is_some().then(|| Acker {
+        let acker = sub.alo.then(|| Acker {
             inner: Arc::downgrade(self),
             addr: addr.to_owned(),
             sub: n.sub,

@@ -37,6 +37,11 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// Notifications buffered per subscription in the client. Default 4,096.
     pub buffer_len: usize,
+    /// With replicas (R ≥ 2), an acknowledged publish the topic's primary has not answered
+    /// within this long is sent to its next owner too (same event id: matchers drop the
+    /// repeat), so a crashed primary costs about this much, not a request timeout.
+    /// Default 300 ms.
+    pub failover_after: Duration,
 }
 
 impl ClientConfig {
@@ -53,6 +58,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(2),
             retries_max: 8,
             buffer_len: 4096,
+            failover_after: Duration::from_millis(300),
         }
     }
 

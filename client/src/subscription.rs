@@ -290,12 +290,13 @@ impl SubscribeBuilder {
                 tx,
                 end: end.clone(),
                 nodes: HashSet::new(),
-                seen: alo.then(|| {
-                    (
-                        DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
-                        DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
-                    )
-                }),
+                // Every mode drops repeats by id: with replicas, a takeover delivers again
+                // what the failed dispatcher may have delivered.
+                seen: Some((
+                    DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
+                    DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
+                )),
+                alo,
                 renew_at: None,
                 moving: false,
                 move_again: false,
@@ -327,10 +328,8 @@ impl SubscribeBuilder {
 fn targets(inner: &Inner, spec: &Spec) -> Result<Vec<String>, ClientError> {
     let p = inner.placement()?;
     match spec.pattern.as_topic() {
-        Some(t) => Ok(p
-            .owner(&t)
-            .map(|m| vec![m.addr.clone()])
-            .unwrap_or_default()),
+        // Its topic's R owners, primary first.
+        Some(t) => Ok(p.owners(&t).iter().map(|m| m.addr.clone()).collect()),
         None => Ok(p.members().iter().map(|m| m.addr.clone()).collect()),
     }
 }
@@ -368,7 +367,12 @@ pub(crate) async fn place(
             return Err(e);
         }
         let mut failure = None;
-        for addr in targets.iter().filter(|a| !live.contains(*a)) {
+        let exact = spec.pattern.as_topic().is_some();
+        for (i, addr) in targets
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !live.contains(*a))
+        {
             match subscribe_on(inner, id, &spec, addr).await {
                 Ok(expires_in_ms) => {
                     let filter_now = {
@@ -396,6 +400,11 @@ pub(crate) async fn place(
                             break;
                         }
                     }
+                }
+                // A replica that cannot take it now (down, say) does not hold up the
+                // subscription: the next ring change places it again.
+                Err(e) if exact && i > 0 => {
+                    debug!(sub = %id, node = %addr, error = %e, "replica not placed");
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -496,7 +505,7 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
             .filter_map(|(id, s)| {
                 s.nodes.retain(|a| members.contains(a.as_str()));
                 let wanted: Vec<String> = match s.spec.pattern.as_topic() {
-                    Some(t) => p.owner(&t).map(|m| m.addr.clone()).into_iter().collect(),
+                    Some(t) => p.owners(&t).iter().map(|m| m.addr.clone()).collect(),
                     None => p.members().iter().map(|m| m.addr.clone()).collect(),
                 };
                 wanted.iter().any(|a| !s.nodes.contains(a)).then_some(*id)

@@ -10,6 +10,8 @@ use hashbrown::{HashMap, HashSet};
 use sift_matcher_core::delivery::{AckWindow, DedupWindow};
 use sift_matcher_core::gossip::{self, Effects, Gossip, Message, NodeId, Update};
 use sift_matcher_core::handoff::{Incoming, Outgoing, Placed};
+use sift_matcher_core::peers::Peers;
+use sift_matcher_core::replica::{Held, Releases};
 use sift_matcher_core::{Engine, EngineConfig, Match, NewSubscription, SetFilterError, Timestamp};
 use sift_protocol::codec::EncodedEvent;
 use sift_protocol::frame::{
@@ -23,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod replication;
 mod transition;
 
 use crate::config::{GossipConfig, MatcherConfig, SlowConsumer};
@@ -211,6 +214,10 @@ pub struct MatcherStats {
     pub handed_over_unacked: u64,
     /// Partitioned mode: publishes of publishers on an older ring forwarded to the owner.
     pub forwarded_publishes: u64,
+    /// Partitioned mode, R ≥ 2: held events delivered here after their dispatcher died.
+    pub taken_over_events: u64,
+    /// Partitioned mode, R ≥ 2: events held for other dispatchers.
+    pub held_events: u64,
     /// Partitioned mode: the active ring's version.
     pub ring_version: u64,
     /// Partitioned mode: 1 while a handoff for an announced ring is under way.
@@ -242,6 +249,8 @@ impl MatcherStats {
             ("taken_over", self.taken_over),
             ("handed_over_unacked", self.handed_over_unacked),
             ("forwarded_publishes", self.forwarded_publishes),
+            ("taken_over_events", self.taken_over_events),
+            ("held_events", self.held_events),
             ("ring_version", self.ring_version),
             ("handoffs_in_progress", self.handoffs_in_progress),
         ]
@@ -307,6 +316,14 @@ pub(crate) struct Core {
     stats: MatcherStats,
     matches: Vec<Match>,
     expired: Vec<SubscriptionId>,
+    /// R ≥ 2: which peers answer (probed every 100 ms, down after 500 ms of silence).
+    live: Peers,
+    /// R ≥ 2: events held for other owners (their dispatchers) until released.
+    held: Held<EventId, Event>,
+    /// R ≥ 2: events dispatched here, until their replicas may let go.
+    releases: Releases<EventId>,
+    /// Requests waiting for other matchers' answers, by the sequence number sent.
+    waits: HashMap<u64, replication::Wait>,
     /// At-least-once subscriptions with unacked notifications: the only ones the redelivery
     /// scan visits.
     alo_pending: HashSet<SubscriptionId>,
@@ -328,6 +345,18 @@ pub(crate) struct Core {
     confirms: Option<mpsc::Sender<u64>>,
     /// The active ring, for those who wait on it (a lame-duck drain).
     ring_watch: watch::Sender<Ring>,
+}
+
+/// R ≥ 2: how often peers are probed, and after how long without a word one is down.
+const PING_EVERY_MS: u64 = 100;
+const PEER_DOWN_AFTER_MS: u64 = 500;
+/// R ≥ 2: most events held for other dispatchers (and tracked for release here).
+const HELD_MAX: usize = 1 << 20;
+
+/// A group pick's salt for an event: the same on every owner.
+fn event_salt(id: EventId) -> u64 {
+    let p = id.publisher.0;
+    (p as u64) ^ ((p >> 64) as u64) ^ id.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Subscriptions per handoff message, and handed-over subscriptions per tail message.
@@ -372,6 +401,10 @@ impl Core {
             expired: Vec::new(),
             alo_pending: HashSet::new(),
             redeliver_at: None,
+            live: Peers::new(PING_EVERY_MS, PEER_DOWN_AFTER_MS, 1),
+            held: Held::new(HELD_MAX),
+            releases: Releases::new(HELD_MAX),
+            waits: HashMap::new(),
             pending: None,
             outgoing: None,
             incoming: Incoming::new(),
@@ -414,10 +447,9 @@ impl Core {
         self.placement.members().iter().any(|m| m.id == self.me.id)
     }
 
+    /// True when this matcher is one of the topic's owners (its R successive owners).
     fn owns(&self, topic: &str) -> bool {
-        self.placement
-            .owner(topic)
-            .is_some_and(|m| m.id == self.me.id)
+        self.placement.is_owner(topic, &self.me.id)
     }
 
     fn not_owner(&self, topic: &str) -> Refusal {
@@ -446,6 +478,7 @@ impl Core {
                 },
                 _ = tokio::time::sleep_until(wake) => self.tick(),
             }
+            self.flush_releases();
         }
         for (_, sub) in self.subs.drain() {
             sub.queue.end(EndReason::Shutdown);
@@ -463,11 +496,16 @@ impl Core {
             .into_iter()
             .chain(self.redeliver_at)
             .chain(self.gossip.as_ref().map(|g| g.next_tick))
+            .chain(
+                self.liveness_deadline()
+                    .map(|t| self.start + Duration::from_millis(t.0)),
+            )
             .min()
             .unwrap_or(far)
     }
 
     fn tick(&mut self) {
+        self.liveness_tick();
         let now = self.now();
         let mut expired = std::mem::take(&mut self.expired);
         self.engine.expire(now, &mut expired);
@@ -531,9 +569,18 @@ impl Core {
     fn forget(&mut self, id: SubscriptionId, reason: EndReason) {
         // A subscription being handed over: its receivers forget it too.
         self.mirror(id, true);
-        if let Some(sub) = self.subs.remove(&id) {
+        if let Some(mut sub) = self.subs.remove(&id) {
             self.alo_pending.remove(&id);
             self.incoming.settle(id);
+            // Its unacknowledged notifications will never be acked: replicas may let go.
+            if let Some(alo) = &mut sub.alo {
+                for t in alo.window.take_all() {
+                    self.releases.acked(&t.key);
+                }
+                for (key, _) in alo.backlog.drain(..) {
+                    self.releases.acked(&key);
+                }
+            }
             let _ = self.engine.unsubscribe(id);
             sub.queue.end(reason);
             if let Some(set) = sub.conn.and_then(|c| self.conns.get_mut(&c)) {
@@ -617,16 +664,18 @@ impl Core {
                 ring_version,
                 reply,
             } => {
-                let result = self.publish(&topic, event, acked, ring_version);
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+                if self.placement.replicas() >= 2 && self.gossip.is_none() {
+                    self.publish_replicated(topic, event, acked, ring_version, reply);
+                } else {
+                    let result = self.publish(&topic, event, acked, ring_version);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 }
             }
             Input::Ack { conn, id, event } => self.ack(conn, id, event),
             Input::Cluster { active, pending } => self.cluster(active, pending),
-            Input::Peer { from, frame, reply } => {
-                let _ = reply.send(self.peer(&from, frame));
-            }
+            Input::Peer { from, frame, reply } => self.peer(&from, frame, reply),
             Input::PeerAnswer { from, frame } => self.peer_answer(&from, frame),
             Input::Closed { conn } => {
                 for id in self.conns.remove(&conn).unwrap_or_default() {
@@ -637,6 +686,7 @@ impl Core {
                 let mut stats = self.stats.clone();
                 stats.subscriptions = self.subs.len();
                 stats.ring_version = self.placement.version();
+                stats.held_events = self.held.len() as u64;
                 stats.handoffs_in_progress = u64::from(self.outgoing.is_some());
                 if let Some(g) = &self.gossip {
                     stats.remote_subscriptions = g.remote.len();
@@ -834,19 +884,39 @@ impl Core {
             return Ok(());
         }
         self.stats.published += 1;
+        self.match_and_deliver(now, topic, &event, false)?;
+        Ok(())
+    }
+
+    /// Matches `event` and delivers it to the matching subscriptions here (in gossip mode,
+    /// forwards it to the nodes of the matching copies); the at-least-once notifications
+    /// that now wait for an ack.
+    fn match_and_deliver(
+        &mut self,
+        now: Timestamp,
+        topic: &Topic,
+        event: &Event,
+        redelivered: bool,
+    ) -> Result<u32, Refusal> {
+        let mut outstanding = 0;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
+        // With replicas, a group picks its member by the event's id, so that a takeover
+        // redelivers to the member the failed dispatcher picked (the SDK drops the repeat).
+        let salt = (self.placement.replicas() >= 2).then(|| event_salt(event.id));
         self.engine
-            .match_event(now, topic, &event.attrs, &mut matches);
+            .match_event_salted(now, topic, &event.attrs, salt, &mut matches);
         if !matches.is_empty() {
-            let encoded = EncodedEvent::new(&event).map_err(|e| {
+            let encoded = EncodedEvent::new(event).map_err(|e| {
                 Refusal::new(ErrorCode::Internal, format!("cannot encode the event: {e}"))
             })?;
             let encoded = Arc::new(encoded);
             let mut forwards: Vec<(NodeId, Vec<SubscriptionId>)> = Vec::new();
             for m in &matches {
                 if self.subs.contains_key(&m.id) {
-                    self.deliver(now, m.id, event.id, &encoded, false);
+                    if self.deliver(now, m.id, event.id, &encoded, redelivered) {
+                        outstanding += 1;
+                    }
                 } else if let Some(home) = self
                     .gossip
                     .as_ref()
@@ -874,7 +944,7 @@ impl Core {
             }
         }
         self.matches = matches;
-        Ok(())
+        Ok(outstanding)
     }
 
     /// An event matched at another gossip node for subscriptions held here.
@@ -1155,12 +1225,14 @@ impl Core {
         event_id: EventId,
         event: &Arc<EncodedEvent>,
         redelivered: bool,
-    ) {
+    ) -> bool {
         let Some(sub) = self.subs.get_mut(&id) else {
-            return;
+            return false;
         };
         let drop_oldest = self.config.slow_consumer == SlowConsumer::DropOldest;
         let mut awaiting = false;
+        // An at-least-once notification now waits for its ack (sent or queued for room).
+        let mut outstanding = false;
         let pushed = match &mut sub.alo {
             Some(alo) => {
                 if alo.window.contains(&event_id) {
@@ -1170,6 +1242,7 @@ impl Core {
                     match alo.window.offer(now, event_id, event.clone()) {
                         Ok(delivery) => {
                             awaiting = true;
+                            outstanding = true;
                             sub.queue.push(
                                 Item::Notify {
                                     delivery,
@@ -1182,6 +1255,7 @@ impl Core {
                         Err(e) => {
                             alo.backlog_bytes += e.len();
                             alo.backlog.push_back((event_id, e));
+                            outstanding = true;
                             Pushed::Queued
                         }
                     }
@@ -1190,6 +1264,7 @@ impl Core {
                 {
                     alo.backlog_bytes += event.len();
                     alo.backlog.push_back((event_id, event.clone()));
+                    outstanding = true;
                     Pushed::Queued
                 } else {
                     // Dropping would break at-least-once: end the subscription instead.
@@ -1222,8 +1297,10 @@ impl Core {
                 self.stats.slow_consumers += 1;
                 warn!(sub = %id, "slow consumer: subscription ended");
                 self.forget(id, EndReason::SlowConsumer);
+                return false;
             }
         }
+        outstanding
     }
 
     fn ack(&mut self, conn: ConnId, id: SubscriptionId, event_id: EventId) {
@@ -1238,6 +1315,7 @@ impl Core {
         if !alo.window.ack(&event_id) {
             return;
         }
+        self.releases.acked(&event_id);
         // Room in the window: send what waited.
         while !alo.window.is_full() {
             let Some((key, event)) = alo.backlog.pop_front() else {

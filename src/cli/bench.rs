@@ -433,6 +433,9 @@ pub struct ChaosArgs {
     /// How long a partition lasts (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = common::duration)]
     pub partition: Duration,
+    /// The cluster's replication factor (`sift coordinator --replicas`).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
     /// The coordinator's port; matchers take the ports after it.
     #[arg(long, default_value_t = 7700)]
     pub port: u16,
@@ -462,6 +465,10 @@ fn chaos(args: ChaosArgs) -> Result<()> {
     config.topics = args.topics;
     config.partition = args.partition;
     config.port = args.port;
+    config.replicas = args.replicas;
+    config
+        .coordinator_flags
+        .extend(["--replicas".to_owned(), args.replicas.to_string()]);
     let report = common::runtime()?.block_on(sift_bench::chaos::run_chaos(&config))?;
     out(&sift_bench::chaos::report::markdown(&report));
     out(&format!(

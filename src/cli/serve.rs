@@ -72,6 +72,11 @@ pub struct CoordinatorArgs {
     /// A matcher silent this long leaves the ring (e.g. 2500ms).
     #[arg(long, env = "SIFT_DEAD_AFTER", value_parser = common::duration)]
     pub dead_after: Option<Duration>,
+    /// Replication factor R, cluster-wide: every exact-topic subscription is stored on its
+    /// topic's R successive owners, and with R ≥ 2 an acknowledged publish is acknowledged
+    /// once R owners hold the event (1 to 5; default 1, 2 recommended).
+    #[arg(long, env = "SIFT_REPLICAS")]
+    pub replicas: Option<u32>,
     /// How long a ring transition waits for the old owners to confirm their handoff before
     /// it is abandoned and tried again (e.g. 10s).
     #[arg(long, env = "SIFT_HANDOFF_TIMEOUT", value_parser = common::duration)]
@@ -101,6 +106,7 @@ struct CoordinatorFile {
     dead_after: Option<String>,
     handoff_timeout: Option<String>,
     recovery: Option<String>,
+    replicas: Option<u32>,
     token: Option<String>,
     connections_max: Option<usize>,
 }
@@ -136,6 +142,13 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         .or(file.recovery.map(|d| common::duration(&d)))
     {
         config.recovery = d.map_err(anyhow::Error::msg)?;
+    }
+    if let Some(r) = args.replicas.or(file.replicas) {
+        let max = sift_protocol::ring::REPLICAS_MAX;
+        if !(1..=max).contains(&r) {
+            bail!("--replicas must be 1 to {max}");
+        }
+        config.replicas = r;
     }
     config.token = args.token.or(file.token);
     if let Some(n) = args.connections_max.or(file.connections_max) {

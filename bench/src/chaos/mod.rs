@@ -131,6 +131,8 @@ pub struct ChaosConfig {
     pub coordinator_flags: Vec<String>,
     /// Extra `sift matcher` flags.
     pub matcher_flags: Vec<String>,
+    /// The replication factor the coordinator was given (for the report).
+    pub replicas: u32,
 }
 
 impl ChaosConfig {
@@ -153,6 +155,7 @@ impl ChaosConfig {
             settle: Duration::from_secs(4),
             coordinator_flags: Vec::new(),
             matcher_flags: vec!["--drain-grace".into(), "1s".into()],
+            replicas: 1,
         }
     }
 }
@@ -181,6 +184,8 @@ pub struct ChaosReport {
     pub seed: u64,
     /// Matchers at the start.
     pub matchers: usize,
+    /// The replication factor.
+    pub replicas: u32,
     /// Publishing time, ms.
     pub duration_ms: u64,
     /// Publishers × rate.
@@ -307,6 +312,7 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
     let report = ChaosReport {
         seed: config.seed,
         matchers: config.matchers,
+        replicas: config.replicas,
         duration_ms,
         publish_rate: config.publishers as u64 * u64::from(config.rate),
         faults: faults_out,

@@ -30,8 +30,9 @@ pub fn markdown(r: &ChaosReport) -> String {
     let _ = writeln!(s, "# Chaos run (seed {})\n", r.seed);
     let _ = writeln!(
         s,
-        "{} matchers at the start, {} acknowledged publishes ({} never acknowledged) over {:.1} s at {} publishes/s, {} notifications received.\n",
+        "{} matchers at the start (R = {}), {} acknowledged publishes ({} never acknowledged) over {:.1} s at {} publishes/s, {} notifications received.\n",
         r.matchers,
+        r.replicas,
         v.acked,
         v.unacked,
         r.duration_ms as f64 / 1000.0,

@@ -48,8 +48,8 @@ pub enum Placed<'a> {
 }
 
 /// Where this matcher (`me`) hands its subscriptions over when `pending` replaces `active`:
-/// receiver id → subscriptions, in id order. An exact-topic subscription goes to its topic's
-/// owner in `pending` when that is not `me`; a pattern subscription goes to every matcher that
+/// receiver id → subscriptions, in id order. An exact-topic subscription goes to each owner
+/// its topic gains in `pending` (its R successive owners; one with R = 1); a pattern subscription goes to every matcher that
 /// `pending` adds (each member sends its own copy; receivers keep one per id).
 pub fn plan<'a>(
     me: &str,
@@ -67,8 +67,11 @@ pub fn plan<'a>(
     for (id, placed) in subs {
         match placed {
             Placed::Topic(t) => {
-                if let Some(owner) = pending.owner(t).filter(|o| o.id != me) {
-                    out.entry(owner.id.clone()).or_default().push(id);
+                // Every owner it gains (with R ≥ 2 each owner holds a copy).
+                for owner in pending.owners(t) {
+                    if owner.id != me && !active.is_owner(t, &owner.id) {
+                        out.entry(owner.id.clone()).or_default().push(id);
+                    }
                 }
             }
             Placed::Pattern => {

@@ -28,6 +28,7 @@ pub mod peers;
 mod plan;
 mod prog;
 mod regex_pool;
+pub mod replica;
 mod trie;
 mod types;
 mod wheel;

@@ -13,6 +13,7 @@ use sift_protocol::peer::{PeerFrame, PeerMsg, SubImage, SubTail, TailItem};
 use sift_protocol::ring::Placement;
 use sift_protocol::DeliveryMode;
 use sift_protocol::{Event, Filter, Pattern, SubscriptionId, Topic};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{placed, Alo, Core, Refusal, Spec, Sub, HANDOFF_CHUNK};
@@ -50,7 +51,7 @@ impl Core {
         }
     }
 
-    fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
     }
@@ -62,7 +63,7 @@ impl Core {
     }
 
     /// Sends `msg` to matcher `to`; false if there is no way to (no such member, no links).
-    fn peer_send(&mut self, to: &str, msg: PeerMsg) -> bool {
+    pub(super) fn peer_send(&mut self, to: &str, msg: PeerMsg) -> bool {
         let Some(member) = self.member(to) else {
             warn!(peer = to, "no address for a peer message");
             return false;
@@ -138,6 +139,7 @@ impl Core {
         );
         self.pending = Some(pending);
         self.outgoing = Some(Outgoing::new(ring.version));
+        self.track_peers();
         let now = self.now();
         let mut moving = 0;
         for (to, ids) in plan {
@@ -255,6 +257,7 @@ impl Core {
             let (active, next) = (&self.placement, &self.pending);
             peers.retain(|id| active.contains(id) || next.as_ref().is_some_and(|p| p.contains(id)));
         }
+        self.track_peers();
         let in_ring = self.in_ring();
         let mut moved: Vec<SubscriptionId> = self
             .subs
@@ -491,11 +494,32 @@ impl Core {
         sent
     }
 
-    /// A message from matcher `from`, and the answer.
-    pub(super) fn peer(&mut self, from: &str, frame: PeerFrame) -> PeerFrame {
+    /// A message from matcher `from`; `reply` takes the answer (now, or once what it asks
+    /// for is done).
+    pub(super) fn peer(&mut self, from: &str, frame: PeerFrame, reply: oneshot::Sender<PeerFrame>) {
+        self.heard(from);
         // A peer speaking at the announced ring: it is active.
         let _ = self.epoch(frame.epoch);
         let msg = match frame.msg {
+            PeerMsg::Dispatch {
+                seq,
+                event,
+                redeliver,
+            } if self.placement.replicas() >= 2 => {
+                return self.dispatch_from_peer(seq, event, redeliver, frame.epoch, reply);
+            }
+            PeerMsg::Hold {
+                seq,
+                dispatcher,
+                events,
+            } => {
+                self.hold(&dispatcher, events);
+                PeerMsg::Acked { seqs: vec![seq] }
+            }
+            PeerMsg::Release { ids } => {
+                self.release(&ids);
+                PeerMsg::Acked { seqs: Vec::new() }
+            }
             PeerMsg::Ping { nonce } => PeerMsg::Pong { nonce },
             PeerMsg::Handoff {
                 seq,
@@ -534,15 +558,9 @@ impl Core {
                     },
                 }
             }
-            PeerMsg::Hold { seq, .. } => PeerMsg::Refused {
-                seq,
-                code: ErrorCode::Malformed,
-                message: "this matcher does not hold replicas".into(),
-            },
-            PeerMsg::Release { .. }
-            | PeerMsg::Pong { .. }
-            | PeerMsg::Acked { .. }
-            | PeerMsg::Refused { .. } => PeerMsg::Acked { seqs: Vec::new() },
+            PeerMsg::Pong { .. } | PeerMsg::Acked { .. } | PeerMsg::Refused { .. } => {
+                PeerMsg::Acked { seqs: Vec::new() }
+            }
             PeerMsg::Ring { ring } => {
                 if ring.version > self.placement.version() {
                     self.activate(ring);
@@ -550,20 +568,22 @@ impl Core {
                 PeerMsg::Acked { seqs: Vec::new() }
             }
         };
-        PeerFrame {
+        let _ = reply.send(PeerFrame {
             epoch: self.placement.version(),
             msg,
-        }
+        });
     }
 
     /// An answer to a message sent to `from`.
     pub(super) fn peer_answer(&mut self, from: &str, frame: PeerFrame) {
+        self.heard(from);
         match frame.msg {
             PeerMsg::Acked { seqs } => {
-                if let Some(o) = &mut self.outgoing {
-                    for s in seqs {
+                for s in seqs {
+                    if let Some(o) = &mut self.outgoing {
                         o.acked(s);
                     }
+                    self.answered(from, s, None);
                 }
                 self.maybe_confirm(false);
             }
@@ -572,6 +592,7 @@ impl Core {
                 if let Some(o) = &mut self.outgoing {
                     o.acked(seq);
                 }
+                self.answered(from, seq, Some(Refusal::new(code, message)));
                 self.maybe_confirm(false);
             }
             PeerMsg::Ring { ring } if ring.version > self.placement.version() => {
