@@ -69,6 +69,7 @@ fn assert_nothing_lost(report: &serde_json::Value, stdout: &str) {
     assert_eq!(verdict["duplicates"], 0, "{stdout}");
     assert_eq!(verdict["spurious"], 0, "{stdout}");
     assert!(verdict["acked"].as_u64().unwrap() > 500, "{stdout}");
+    assert_eq!(report["ended"], serde_json::json!([]), "{stdout}");
     let units = verdict["units"].as_array().unwrap();
     for unit in [
         "pattern-amo",

@@ -290,7 +290,17 @@ impl Client {
                     if attempt <= self.inner.config.retries_max
                         && self.inner.retryable(&e, attempt).await =>
                 {
-                    if matches!(e, ClientError::Timeout | ClientError::Connection(_)) {
+                    // Unreachable, or not serving the topic (a matcher restarted and
+                    // waiting to be moved back in): with replicas the next owner takes it.
+                    if matches!(
+                        e,
+                        ClientError::Timeout
+                            | ClientError::Connection(_)
+                            | ClientError::Refused {
+                                code: ErrorCode::NotOwner,
+                                ..
+                            }
+                    ) {
                         skip += 1;
                     }
                     continue;
@@ -819,6 +829,7 @@ impl Inner {
             debug!(sub = %id, node = addr, ?reason, "end from a node the subscription left");
             return;
         }
+        debug!(sub = %id, node = addr, ?reason, "subscription stream ended");
         match reason {
             EndReason::Moved | EndReason::Shutdown => {
                 {

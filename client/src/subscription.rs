@@ -382,7 +382,12 @@ pub(crate) async fn place(
                         };
                         s.nodes.insert(addr.clone());
                         if matches!(spec.expiry, ExpirySpec::LeaseMs(_)) {
-                            s.renew_at = Some(renew_at(expires_in_ms));
+                            // Never later than it was: the copies placed before (on the
+                            // other owners, patterns on other matchers) run on their own
+                            // leases, and placements every few seconds (a ring flapping)
+                            // must not postpone their renewal past their expiry.
+                            let at = renew_at(expires_in_ms);
+                            s.renew_at = Some(s.renew_at.map_or(at, |t| t.min(at)));
                         }
                         s.spec.filter.clone()
                     };
@@ -524,6 +529,9 @@ fn renew_at(expires_in_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(ms)
 }
 
+/// When a renewal reached no matcher, how soon it is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+
 /// How often the renewal task looks for leases to renew.
 const RENEW_SCAN: Duration = Duration::from_millis(250);
 
@@ -538,29 +546,40 @@ pub(crate) async fn renew_leases(inner: Weak<Inner>) {
             .iter_mut()
             .filter(|(_, s)| s.renew_at.is_some_and(|t| t <= now))
             .map(|(id, s)| {
-                s.renew_at = None;
+                // Tried again soon unless a matcher answers with its lease: a renewal that
+                // reaches nobody (its matchers gone, the placement elsewhere already live)
+                // must not leave the lease to run out.
+                s.renew_at = Some(now + RENEW_RETRY);
                 (*id, s.nodes.iter().cloned().collect())
             })
             .collect();
-        for (id, nodes) in due {
-            for addr in nodes {
-                let req = me.next_req();
-                match me.request(&addr, req, Frame::Renew { req, sub: id }).await {
-                    Ok(Frame::Subscribed { expires_in_ms, .. }) => {
-                        if let Some(s) = me.subs().get_mut(&id) {
-                            s.renew_at = Some(renew_at(expires_in_ms));
+        // All at once: a matcher that does not answer (crashed, paused) costs its own
+        // renewals a request timeout, never the others'.
+        let renewals = due.into_iter().flat_map(|(id, nodes)| {
+            let me = me.clone();
+            nodes.into_iter().map(move |addr| {
+                let me = me.clone();
+                async move {
+                    let req = me.next_req();
+                    match me.request(&addr, req, Frame::Renew { req, sub: id }).await {
+                        Ok(Frame::Subscribed { expires_in_ms, .. }) => {
+                            if let Some(s) = me.subs().get_mut(&id) {
+                                s.renew_at = Some(renew_at(expires_in_ms));
+                            }
                         }
-                    }
-                    // Lost there (expired, or the matcher restarted): place it again.
-                    Ok(_) | Err(_) => {
-                        if let Some(s) = me.subs().get_mut(&id) {
-                            s.nodes.remove(&addr);
+                        // Lost there (expired, or the matcher restarted): place it again.
+                        other => {
+                            debug!(sub = %id, node = %addr, answer = ?other, "renewal failed; placing again");
+                            if let Some(s) = me.subs().get_mut(&id) {
+                                s.nodes.remove(&addr);
+                            }
+                            spawn_replace(me.clone(), id);
                         }
-                        spawn_replace(me.clone(), id);
                     }
                 }
-            }
-        }
+            })
+        });
+        futures::future::join_all(renewals).await;
         drop(me);
         tokio::select! {
             _ = cancel.cancelled() => return,

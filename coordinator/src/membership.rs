@@ -125,6 +125,10 @@ pub struct Membership {
     /// running matcher learns it was removed instead of registering again) until they have
     /// been silent for `dead_after_ms`.
     removed: BTreeMap<String, u64>,
+    /// Matchers that came back from a restart while still in the ring: they lost what they
+    /// held, so they leave the ring through a transition (their replicas take over) and join
+    /// again through another (the replicas hand their topics back) instead of serving empty.
+    restarted: BTreeSet<String>,
     active: Ring,
     pending: Option<Pending>,
     /// The last version handed out (active or pending); the next ring gets one more.
@@ -158,6 +162,7 @@ impl Membership {
         Membership {
             nodes: BTreeMap::new(),
             removed: BTreeMap::new(),
+            restarted: BTreeSet::new(),
             active: Ring {
                 version: first_version,
                 members: Vec::new(),
@@ -235,8 +240,19 @@ impl Membership {
         }
         // Registering is a (re)start: it lifts a removal.
         self.removed.remove(&member.id);
-        if let (Some(ring), true) = (active, self.recovering(now_ms)) {
+        let recovering = self.recovering(now_ms);
+        if let (Some(ring), true) = (active, recovering) {
             self.adopt(ring);
+        }
+        // A matcher with no ring of its own just started; if the ring still has it, it is a
+        // restart faster than `dead_after`.
+        let in_rings = self.active.contains(&member.id)
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.ring.contains(&member.id));
+        if active.is_none() && !recovering && in_rings {
+            self.restarted.insert(member.id.clone());
         }
         let state = match self.nodes.get(&member.id) {
             Some(n) if n.state == NodeState::Draining => NodeState::Draining,
@@ -366,7 +382,7 @@ impl Membership {
     fn desired(&self) -> Vec<RingMember> {
         self.nodes
             .values()
-            .filter(|n| n.state == NodeState::Alive)
+            .filter(|n| n.state == NodeState::Alive && !self.restarted.contains(&n.member.id))
             .map(|n| n.member.clone())
             .collect()
     }
@@ -385,6 +401,9 @@ impl Membership {
             }
         }
         self.recovering_until = None;
+        // A restarted matcher may join again once a ring without it is active.
+        let active = &self.active;
+        self.restarted.retain(|id| active.contains(id));
         if let Some(p) = &self.pending {
             let lost = p
                 .ring
@@ -394,7 +413,15 @@ impl Membership {
                 .chain(p.waiting.iter())
                 .find(|id| !self.nodes.contains_key(*id))
                 .cloned();
-            if let Some(id) = lost {
+            let restarted = p
+                .ring
+                .members
+                .iter()
+                .find(|m| self.restarted.contains(&m.id))
+                .map(|m| m.id.clone());
+            if let Some(id) = restarted {
+                self.abort(format!("matcher {id} restarted during the handoff"));
+            } else if let Some(id) = lost {
                 self.abort(format!("matcher {id} died during the handoff"));
                 // Try again at once without it: a death is not a reason to wait.
             } else if p.waiting.is_empty() {
@@ -417,6 +444,8 @@ impl Membership {
             return;
         }
         self.retry_at = None;
+        let active = &self.active;
+        self.restarted.retain(|id| active.contains(id));
         let desired = self.desired();
         if desired == self.active.members {
             return;

@@ -345,7 +345,13 @@ pub(crate) struct Core {
     confirms: Option<mpsc::Sender<u64>>,
     /// The active ring, for those who wait on it (a lame-duck drain).
     ring_watch: watch::Sender<Ring>,
+    /// Restarted while still in the ring at this version: not an owner at it (until then, at
+    /// most: a coordinator that restarted too keeps the ring as it is).
+    stale_floor: Option<(u64, Instant)>,
 }
+
+/// The longest a restarted matcher waits to be moved out of the ring and back in.
+const STALE_MAX: Duration = Duration::from_secs(30);
 
 /// R ≥ 2: how often peers are probed, and after how long without a word one is down.
 const PING_EVERY_MS: u64 = 100;
@@ -412,6 +418,7 @@ impl Core {
             peers,
             confirms,
             ring_watch,
+            stale_floor: None,
             gossip: gossip.map(|setup| {
                 let mut machine_config =
                     gossip::Config::new(setup.config.strategy, setup.id ^ unix_ms());
@@ -444,12 +451,19 @@ impl Core {
     }
 
     fn in_ring(&self) -> bool {
-        self.placement.members().iter().any(|m| m.id == self.me.id)
+        !self.stale() && self.placement.members().iter().any(|m| m.id == self.me.id)
     }
 
     /// True when this matcher is one of the topic's owners (its R successive owners).
     fn owns(&self, topic: &str) -> bool {
-        self.placement.is_owner(topic, &self.me.id)
+        !self.stale() && self.placement.is_owner(topic, &self.me.id)
+    }
+
+    /// Restarted while the ring still had it: it serves nothing at that ring (what it held is
+    /// gone; its replicas serve), until the coordinator moves it out and back in.
+    fn stale(&self) -> bool {
+        self.stale_floor
+            .is_some_and(|(v, until)| self.placement.version() <= v && Instant::now() < until)
     }
 
     fn not_owner(&self, topic: &str) -> Refusal {
@@ -510,7 +524,12 @@ impl Core {
         let mut expired = std::mem::take(&mut self.expired);
         self.engine.expire(now, &mut expired);
         for id in expired.drain(..) {
-            if self.subs.contains_key(&id) {
+            if let Some(sub) = self.subs.get(&id) {
+                if sub.conn.is_none() {
+                    info!(sub = %id, "a handed-over subscription expired before its client attached");
+                } else {
+                    debug!(sub = %id, "subscription expired");
+                }
                 self.forget(id, EndReason::Expired);
             } else {
                 self.drop_remote(id);

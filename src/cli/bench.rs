@@ -475,11 +475,12 @@ fn chaos(args: ChaosArgs) -> Result<()> {
         "wrote {0}/chaos.json, {0}/chaos.md and {0}/chaos-timeline.svg (logs in {0})",
         args.out.display()
     ));
-    if report.verdict.missing > 0 || report.verdict.duplicates > 0 {
+    if report.verdict.missing > 0 || report.verdict.duplicates > 0 || !report.ended.is_empty() {
         bail!(
-            "{} acknowledged events missing, {} duplicated",
+            "{} acknowledged events missing, {} duplicated, {} subscriptions ended",
             report.verdict.missing,
-            report.verdict.duplicates
+            report.verdict.duplicates,
+            report.ended.len()
         );
     }
     Ok(())

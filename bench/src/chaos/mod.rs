@@ -196,6 +196,9 @@ pub struct ChaosReport {
     pub skipped: Vec<String>,
     /// The histories' verdict.
     pub verdict: Verdict,
+    /// Subscriptions that ended during the run (none should: the SDK renews leases and
+    /// places subscriptions again), with when.
+    pub ended: Vec<(String, u64)>,
     /// Notifications received in all.
     pub delivered: usize,
     /// Deliveries per 100 ms.
@@ -318,6 +321,10 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
         faults: faults_out,
         skipped,
         delivered: histories.iter().map(|h| h.deliveries.len()).sum(),
+        ended: histories
+            .iter()
+            .filter_map(|h| h.ended_ms.map(|at| (h.name.clone(), at)))
+            .collect(),
         timeline: history::timeline(&histories, 100, until),
         verdict,
     };
@@ -370,8 +377,12 @@ async fn drive(
     .context("ring watch")?;
     let start = Instant::now();
 
-    // Subscribers.
-    let subscriber = connect(&client_config).await?;
+    // Subscribers. A roomy client buffer: an at-most-once notification the application
+    // does not take in time is dropped by design, and the harness measures the cluster, not
+    // its own recorder.
+    let mut sub_config = client_config.clone();
+    sub_config.buffer_len = 1 << 16;
+    let subscriber = connect(&sub_config).await?;
     let mut recorders = Vec::new();
     for plan in plans(config.topics) {
         let mut b = subscriber.subscribe(plan.pattern.clone());

@@ -44,6 +44,13 @@ pub fn markdown(r: &ChaosReport) -> String {
         "**Missing: {} · duplicates past the SDK: {} · out of order per (publisher, topic): {} · spurious: {}**\n",
         v.missing, v.duplicates, v.out_of_order, v.spurious
     );
+    for (name, at) in &r.ended {
+        let _ = writeln!(
+            s,
+            "Subscription {name} ended at {:.1} s.\n",
+            *at as f64 / 1000.0
+        );
+    }
     for skip in &r.skipped {
         let _ = writeln!(s, "Skipped: {skip}\n");
     }

@@ -340,3 +340,30 @@ fn replicas_are_clamped_and_carried_in_every_ring() {
     m.register(0, member("a", 1), None, false).unwrap();
     assert_eq!(m.ring().replicas, REPLICAS_MAX);
 }
+
+#[test]
+fn a_matcher_restarted_inside_dead_after_leaves_the_ring_and_joins_again() {
+    let mut m = fresh(2500);
+    m.register(0, member("a", 1), None, false).unwrap();
+    m.register(10, member("b", 1), None, false).unwrap();
+    let v = m.pending().unwrap().version;
+    m.confirm(20, "a", v);
+    assert_eq!(active(&m), s(&["a", "b"]));
+    // b reconnects with the ring it serves: nothing changes.
+    let ring = m.ring().clone();
+    m.register(30, member("b", 1), Some(&ring), false).unwrap();
+    assert!(m.pending().is_none());
+    // b starts again (no ring of its own) before anyone thought it dead: it lost what it
+    // held, so it leaves the ring first (a and b confirm), then joins through a handoff.
+    m.register(40, member("b", 1), None, false).unwrap();
+    assert_eq!(pending(&m), Some(s(&["a"])));
+    let v = m.pending().unwrap().version;
+    m.confirm(50, "a", v);
+    m.confirm(50, "b", v);
+    assert_eq!(active(&m), s(&["a"]));
+    assert_eq!(pending(&m), Some(s(&["a", "b"])));
+    assert_eq!(m.waiting(), s(&["a"]));
+    let v = m.pending().unwrap().version;
+    m.confirm(60, "a", v);
+    assert_eq!(active(&m), s(&["a", "b"]));
+}

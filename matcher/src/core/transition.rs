@@ -100,6 +100,19 @@ impl Core {
     /// The coordinator's view of the cluster: activate a newer ring, and hand over for an
     /// announced one (or give up a transition the coordinator abandoned).
     pub(super) fn cluster(&mut self, active: Ring, pending: Option<Ring>) {
+        if self.placement.version() == 0 && active.contains(&self.me.id) {
+            // Just started, and the ring still has this matcher: a restart faster than the
+            // coordinator's dead-after. What it held is gone, so it must not dispatch; the
+            // coordinator moves it out and back in through handoffs.
+            warn!(
+                version = active.version,
+                "restarted while still in the ring: serving nothing until moved out and back in"
+            );
+            self.stale_floor = Some((
+                active.version,
+                tokio::time::Instant::now() + super::STALE_MAX,
+            ));
+        }
         if active.version > self.placement.version() {
             self.activate(active);
         }
