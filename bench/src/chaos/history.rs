@@ -79,6 +79,9 @@ pub struct UnitVerdict {
     pub out_of_order: usize,
     /// Deliveries of events it does not match.
     pub spurious: usize,
+    /// Deliveries of events with no publish record (their publisher saw the publish fail:
+    /// it may have reached the cluster anyway, as an error does not say it did not).
+    pub unknown: usize,
 }
 
 /// The whole verdict.
@@ -98,6 +101,8 @@ pub struct Verdict {
     pub out_of_order: usize,
     /// Totals over the units.
     pub spurious: usize,
+    /// Totals over the units.
+    pub unknown: usize,
 }
 
 /// True when `h` (its pattern and filter) matches `p`.
@@ -159,7 +164,7 @@ pub fn check(publishes: &[PublishRecord], subs: &[SubscriberHistory]) -> Verdict
         let mut last: HashMap<(u128, &str), u64> = HashMap::new();
         for d in &deliveries {
             let Some(p) = by_id.get(&d.id) else {
-                v.spurious += 1;
+                v.unknown += 1;
                 continue;
             };
             if !matches(first, p) {
@@ -192,6 +197,7 @@ pub fn check(publishes: &[PublishRecord], subs: &[SubscriberHistory]) -> Verdict
         verdict.duplicates += v.duplicates;
         verdict.out_of_order += v.out_of_order;
         verdict.spurious += v.spurious;
+        verdict.unknown += v.unknown;
         verdict.units.push(v);
     }
     verdict

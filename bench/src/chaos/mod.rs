@@ -199,6 +199,10 @@ pub struct ChaosReport {
     /// Subscriptions that ended during the run (none should: the SDK renews leases and
     /// places subscriptions again), with when.
     pub ended: Vec<(String, u64)>,
+    /// Acknowledged publishes that failed (the SDK gave up).
+    pub failed_publishes: u64,
+    /// Up to five of their errors.
+    pub publish_errors: Vec<String>,
     /// Notifications received in all.
     pub delivered: usize,
     /// Deliveries per 100 ms.
@@ -296,7 +300,14 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
     )?;
     let result = drive(config, &mut cluster, &faults, &mut rng).await;
     cluster.stop();
-    let (publishes, histories, records, duration_ms) = result?;
+    let Histories {
+        publishes,
+        subscribers: histories,
+        faults: records,
+        duration_ms,
+        failed,
+        errors,
+    } = result?;
     let mut verdict = history::check(&publishes, &histories);
     verdict.units.sort_by(|a, b| a.unit.cmp(&b.unit));
     let until = histories
@@ -320,6 +331,8 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
         publish_rate: config.publishers as u64 * u64::from(config.rate),
         faults: faults_out,
         skipped,
+        failed_publishes: failed,
+        publish_errors: errors,
         delivered: histories.iter().map(|h| h.deliveries.len()).sum(),
         ended: histories
             .iter()
@@ -334,12 +347,14 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
     Ok(report)
 }
 
-type Histories = (
-    Vec<PublishRecord>,
-    Vec<SubscriberHistory>,
-    Vec<FaultRecord>,
-    u64,
-);
+struct Histories {
+    publishes: Vec<PublishRecord>,
+    subscribers: Vec<SubscriberHistory>,
+    faults: Vec<FaultRecord>,
+    duration_ms: u64,
+    failed: u64,
+    errors: Vec<String>,
+}
 
 async fn connect(config: &ClientConfig) -> Result<Client> {
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -450,6 +465,7 @@ async fn drive(
         publishers.push(tokio::spawn(async move {
             let mut records = Vec::new();
             let mut failed = 0u64;
+            let mut errors: Vec<String> = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut pending = FuturesUnordered::new();
@@ -472,7 +488,12 @@ async fn drive(
                     Some((r, topic, k, sent)) = pending.next(), if !pending.is_empty() => {
                         match r {
                             Ok(id) => records.push(PublishRecord { id, topic, k, sent_ms: sent, acked_ms: Some(ms(start)) }),
-                            Err(_) => failed += 1,
+                            Err(e) => {
+                                failed += 1;
+                                if errors.len() < 5 {
+                                    errors.push(e.to_string());
+                                }
+                            }
                         }
                     }
                 }
@@ -480,12 +501,17 @@ async fn drive(
             while let Some((r, topic, k, sent)) = pending.next().await {
                 match r {
                     Ok(id) => records.push(PublishRecord { id, topic, k, sent_ms: sent, acked_ms: Some(ms(start)) }),
-                    Err(_) => failed += 1,
+                    Err(e) => {
+                        failed += 1;
+                        if errors.len() < 5 {
+                            errors.push(e.to_string());
+                        }
+                    }
                 }
             }
             drop(pending);
             client.close().await;
-            (records, failed)
+            (records, failed, errors)
         }));
     }
 
@@ -651,11 +677,14 @@ async fn drive(
     let _ = stop_tx.send(true);
     let mut publishes = Vec::new();
     let mut failed = 0;
+    let mut errors = Vec::new();
     for p in publishers {
-        let (r, f) = p.await.context("publisher task")?;
+        let (r, f, e) = p.await.context("publisher task")?;
         publishes.extend(r);
         failed += f;
+        errors.extend(e);
     }
+    errors.truncate(5);
     if failed > 0 {
         info!(failed, "publishes never acknowledged");
     }
@@ -672,7 +701,14 @@ async fn drive(
     if publishes.is_empty() {
         bail!("no publish was acknowledged");
     }
-    Ok((publishes, histories, records, duration_ms))
+    Ok(Histories {
+        publishes,
+        subscribers: histories,
+        faults: records,
+        duration_ms,
+        failed,
+        errors,
+    })
 }
 
 /// Waits (bounded) until the ring's member ids satisfy `done`; whether they did.

@@ -30,11 +30,11 @@ pub fn markdown(r: &ChaosReport) -> String {
     let _ = writeln!(s, "# Chaos run (seed {})\n", r.seed);
     let _ = writeln!(
         s,
-        "{} matchers at the start (R = {}), {} acknowledged publishes ({} never acknowledged) over {:.1} s at {} publishes/s, {} notifications received.\n",
+        "{} matchers at the start (R = {}), {} acknowledged publishes ({} failed) over {:.1} s at {} publishes/s, {} notifications received.\n",
         r.matchers,
         r.replicas,
         v.acked,
-        v.unacked,
+        r.failed_publishes,
         r.duration_ms as f64 / 1000.0,
         r.publish_rate,
         r.delivered
@@ -49,6 +49,15 @@ pub fn markdown(r: &ChaosReport) -> String {
             s,
             "Subscription {name} ended at {:.1} s.\n",
             *at as f64 / 1000.0
+        );
+    }
+    if !r.publish_errors.is_empty() {
+        let _ = writeln!(
+            s,
+            "Publishes that failed: {} ({} deliveries of such events anyway); first errors: {}\n",
+            r.failed_publishes,
+            v.unknown,
+            r.publish_errors.join("; ")
         );
     }
     for skip in &r.skipped {

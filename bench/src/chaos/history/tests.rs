@@ -121,3 +121,17 @@ fn timeline_and_gaps() {
     // Nothing at all after the fault: the gap runs to the window's end.
     assert_eq!(gap_around(std::slice::from_ref(&s), 1000, 500), 600);
 }
+
+#[test]
+fn a_delivery_of_an_event_whose_publish_failed_is_unknown_not_spurious() {
+    let v = check(
+        &three(),
+        &[sub(
+            "s",
+            "a.x",
+            0,
+            &[(1, 1, 12), (1, 2, 22), (1, 3, 32), (2, 9, 40)],
+        )],
+    );
+    assert_eq!((v.unknown, v.spurious, v.missing), (1, 0, 0));
+}
