@@ -297,7 +297,7 @@ impl Client {
                         ClientError::Timeout
                             | ClientError::Connection(_)
                             | ClientError::Refused {
-                                code: ErrorCode::NotOwner,
+                                code: ErrorCode::NotOwner | ErrorCode::ShuttingDown,
                                 ..
                             }
                     ) {
@@ -344,8 +344,11 @@ impl Client {
                 match futures::future::select(primary, hedge).await {
                     futures::future::Either::Left((Ok(()), _))
                     | futures::future::Either::Right((Ok(()), _)) => Ok(()),
+                    // The primary failed: the hedge is the answer.
                     futures::future::Either::Left((Err(_), other)) => other.await,
-                    futures::future::Either::Right((Err(_), other)) => other.await,
+                    // The next owner refused while the primary is silent: try again now (the
+                    // ring refreshed) rather than wait out the primary's request timeout.
+                    futures::future::Either::Right((Err(e), _)) => Err(e),
                 }
             }
         }
@@ -474,8 +477,10 @@ impl Inner {
     /// stale, and backs off (exponentially, with jitter) when a matcher could not be reached.
     pub(crate) async fn retryable(self: &Arc<Self>, e: &ClientError, attempt: u32) -> bool {
         match e {
+            // A matcher stopping (its lame-duck drain is over) is not the owner any more
+            // either: the ring says where to go.
             ClientError::Refused {
-                code: ErrorCode::NotOwner,
+                code: ErrorCode::NotOwner | ErrorCode::ShuttingDown,
                 message,
             } => {
                 debug!(%message, "not the owner; refreshing the ring");

@@ -433,6 +433,10 @@ pub struct ChaosArgs {
     /// How long a partition lasts (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = common::duration)]
     pub partition: Duration,
+    /// Idle exact-topic subscriptions loaded before the faults, for handoffs and drains to
+    /// move (e.g. 100000).
+    #[arg(long, default_value_t = 0)]
+    pub load: usize,
     /// The cluster's replication factor (`sift coordinator --replicas`).
     #[arg(long, default_value_t = 1)]
     pub replicas: u32,
@@ -466,6 +470,7 @@ fn chaos(args: ChaosArgs) -> Result<()> {
     config.partition = args.partition;
     config.port = args.port;
     config.replicas = args.replicas;
+    config.load = args.load;
     config
         .coordinator_flags
         .extend(["--replicas".to_owned(), args.replicas.to_string()]);

@@ -133,6 +133,9 @@ pub struct ChaosConfig {
     pub matcher_flags: Vec<String>,
     /// The replication factor the coordinator was given (for the report).
     pub replicas: u32,
+    /// Idle exact-topic subscriptions loaded before the faults (`load.<i>`, never
+    /// published to), so that handoffs and drains move a realistic amount.
+    pub load: usize,
 }
 
 impl ChaosConfig {
@@ -156,6 +159,7 @@ impl ChaosConfig {
             coordinator_flags: Vec::new(),
             matcher_flags: vec!["--drain-grace".into(), "1s".into()],
             replicas: 1,
+            load: 0,
         }
     }
 }
@@ -454,6 +458,18 @@ async fn drive(
         recorders.push((history, task));
     }
 
+    // Idle load: subscriptions to hand over.
+    let mut loaded = Vec::new();
+    if config.load > 0 {
+        let t0 = Instant::now();
+        loaded = load(&client_config, config.load).await?;
+        info!(
+            subscriptions = config.load,
+            ms = t0.elapsed().as_millis() as u64,
+            "idle subscriptions loaded"
+        );
+    }
+
     // Publishers.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut publishers = Vec::new();
@@ -696,6 +712,10 @@ async fn drive(
     for (_, task) in recorders {
         task.abort();
     }
+    for (client, subs) in loaded {
+        drop(subs);
+        client.close().await;
+    }
     subscriber.close().await;
     admin.close().await;
     if publishes.is_empty() {
@@ -728,4 +748,41 @@ async fn wait_ring(
     )
     .await
     .is_ok_and(|r| r.is_ok())
+}
+
+/// Loads `n` idle exact-topic subscriptions over clients of 5,000 each (a connection takes at
+/// most 10,000), 256 subscribes in flight per client.
+async fn load(
+    config: &ClientConfig,
+    n: usize,
+) -> Result<Vec<(Client, Vec<sift_client::Subscription>)>> {
+    const PER_CLIENT: usize = 5_000;
+    let mut tasks = Vec::new();
+    for c in 0..n.div_ceil(PER_CLIENT) {
+        let client = connect(config).await?;
+        let range = c * PER_CLIENT..((c + 1) * PER_CLIENT).min(n);
+        tasks.push(tokio::spawn(async move {
+            let mut subs = Vec::with_capacity(range.len());
+            let mut pending = FuturesUnordered::new();
+            let mut next = range.into_iter();
+            loop {
+                while pending.len() < 256 {
+                    let Some(i) = next.next() else { break };
+                    let b = client.subscribe(format!("load.{i}"));
+                    pending.push(b.start());
+                }
+                match pending.next().await {
+                    Some(r) => subs.push(r?),
+                    None => break,
+                }
+            }
+            drop(pending);
+            Ok::<_, sift_client::ClientError>((client, subs))
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.context("loader task")?.context("load subscribe")?);
+    }
+    Ok(out)
 }
