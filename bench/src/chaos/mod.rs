@@ -3,7 +3,7 @@
 //! group subscribers in both delivery modes) while a seeded schedule of faults hits it —
 //! join, drain, remove, SIGTERM (lame-duck drain), SIGKILL, SIGSTOP/SIGCONT, a coordinator
 //! SIGKILL, a network partition of one matcher (network namespaces). Then the client-side
-//! histories are checked ([`history`]) and written as JSON, markdown and a timeline plot.
+//! histories are checked (`history`) and written as JSON, markdown and a timeline plot.
 
 pub mod history;
 pub mod procs;
