@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::run_bounded;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -21,31 +25,6 @@ fn suite(out: &Path, extra: &[&str], salt: u16) -> std::process::Output {
         .args(["--port-offset", &offset(salt).to_string()])
         .args(extra);
     run_bounded(c, Duration::from_secs(120))
-}
-
-/// Runs a command to completion, killing it past `limit`.
-fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
-    // A process group of its own, so a timeout can stop the suite and what it started.
-    std::os::unix::process::CommandExt::process_group(&mut c, 0);
-    let child = c
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
-            panic!("the suite took longer than {limit:?}");
-        }
-    }
 }
 
 /// Every process listed in `processes.txt` has exited.

@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::run_bounded;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -30,26 +34,7 @@ fn chaos(args: &[&str], salt: u32) -> (serde_json::Value, String, PathBuf) {
         .arg("--out")
         .arg(&out)
         .env("RUST_LOG", "warn");
-    std::os::unix::process::CommandExt::process_group(&mut c, 0);
-    let child = c
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let output = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(o) => o.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
-            panic!("the chaos run took longer than 120 s");
-        }
-    };
+    let output = run_bounded(c, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

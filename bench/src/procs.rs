@@ -181,21 +181,10 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `cmd` with its output in `log`.
-    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ServerProcess> {
+    pub fn spawn(name: &str, cmd: Command, log: &Path) -> Result<ServerProcess> {
         let out = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        tracing::debug!(name, pid = child.id(), "started");
-        Ok(ServerProcess {
-            name: name.into(),
-            child,
-        })
+        ServerProcess::spawn_to(name, cmd, out)
     }
 
     /// Starts `cmd` with its output appended to `log`.

@@ -64,3 +64,28 @@ pub fn start_dev(dir: &Path, args: &[&str]) -> Kill {
         }
     }
 }
+
+/// Runs a command to completion, killing it past `limit`.
+pub fn run_bounded(mut c: Command, limit: Duration) -> std::process::Output {
+    // A process group of its own, so a timeout can stop the suite and what it started.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            panic!("{c:?} took longer than {limit:?}");
+        }
+    }
+}

@@ -498,32 +498,16 @@ async fn drive(
                         let c = &client;
                         pending.push(async move {
                             let r = c.publish_acked(msg).await;
-                            (r, topic, k, sent)
+                            (r, topic, k, sent, ms(start))
                         });
                     }
-                    Some((r, topic, k, sent)) = pending.next(), if !pending.is_empty() => {
-                        match r {
-                            Ok(id) => records.push(PublishRecord { id, topic, k, sent_ms: sent, acked_ms: Some(ms(start)) }),
-                            Err(e) => {
-                                failed += 1;
-                                if errors.len() < 5 {
-                                    errors.push(e.to_string());
-                                }
-                            }
-                        }
+                    Some(done) = pending.next(), if !pending.is_empty() => {
+                        record(done, &mut records, &mut failed, &mut errors);
                     }
                 }
             }
-            while let Some((r, topic, k, sent)) = pending.next().await {
-                match r {
-                    Ok(id) => records.push(PublishRecord { id, topic, k, sent_ms: sent, acked_ms: Some(ms(start)) }),
-                    Err(e) => {
-                        failed += 1;
-                        if errors.len() < 5 {
-                            errors.push(e.to_string());
-                        }
-                    }
-                }
+            while let Some(done) = pending.next().await {
+                record(done, &mut records, &mut failed, &mut errors);
             }
             drop(pending);
             client.close().await;
@@ -785,4 +769,36 @@ async fn load(
         out.push(t.await.context("loader task")?.context("load subscribe")?);
     }
     Ok(out)
+}
+
+/// One acknowledged publish's outcome: the result, topic, `k`, when sent and when answered.
+type Outcome = (
+    Result<sift_protocol::EventId, sift_client::ClientError>,
+    String,
+    i64,
+    u64,
+    u64,
+);
+
+fn record(
+    (r, topic, k, sent_ms, answered_ms): Outcome,
+    records: &mut Vec<PublishRecord>,
+    failed: &mut u64,
+    errors: &mut Vec<String>,
+) {
+    match r {
+        Ok(id) => records.push(PublishRecord {
+            id,
+            topic,
+            k,
+            sent_ms,
+            acked_ms: Some(answered_ms),
+        }),
+        Err(e) => {
+            *failed += 1;
+            if errors.len() < 5 {
+                errors.push(e.to_string());
+            }
+        }
+    }
 }
