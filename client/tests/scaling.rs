@@ -35,6 +35,24 @@ fn topic_owned_by(ids: &[&str], owner: &str) -> String {
         .unwrap()
 }
 
+/// Reads `sub` until it has every number of `want` (bounded by the test's limit), and returns
+/// the numbers received, in order, with any repeat.
+async fn collect(sub: &mut Subscription, want: std::ops::Range<i64>) -> Vec<i64> {
+    let mut got = Vec::new();
+    let mut missing: std::collections::BTreeSet<i64> = want.clone().collect();
+    while !missing.is_empty() {
+        let n = sub.next().await.unwrap();
+        let Value::Int(k) = n.event.attrs["n"] else {
+            panic!()
+        };
+        if want.contains(&k) {
+            missing.remove(&k);
+            got.push(k);
+        }
+    }
+    got
+}
+
 /// Publishes numbered events until `sub` receives one, returning its number. The client may
 /// need a moment to place the subscription again; each try waits for an event, bounded.
 async fn publish_until_received(
@@ -75,11 +93,30 @@ async fn a_joining_matcher_takes_its_topics_and_clients_follow() {
             pattern.next().await.unwrap().event.attrs["n"],
             Value::Int(0)
         );
-        // m2 joins and owns the topic now: m1 answers not-owner, the client follows the ring,
-        // and the subscription moves to m2 with it.
+        // m2 joins and owns the topic now, while events keep coming: the subscriptions are
+        // handed over to m2 before its ring is active, so every acknowledged event reaches
+        // both, exactly once.
+        for n in 1..50 {
+            client
+                .publish_acked(Message::new(&topic).attr("n", n))
+                .await
+                .unwrap();
+        }
         cluster.add_matcher().await;
-        let got = publish_until_received(&client, &topic, &mut sub, 1).await;
-        assert!(got >= 1);
+        for n in 50..200 {
+            client
+                .publish_acked(Message::new(&topic).attr("n", n))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            collect(&mut sub, 1..200).await,
+            (1..200).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            collect(&mut pattern, 1..200).await,
+            (1..200).collect::<Vec<_>>()
+        );
         // Steady again: every event arrives.
         for n in 1000..1010 {
             client
@@ -172,11 +209,40 @@ async fn a_subscription_survives_its_matcher_being_drained() {
             .await,
             Frame::Ok { req: 1 }
         );
-        // m1 leaves the ring: its topics and its pattern subscriptions move to m2.
-        publish_until_received(&client, &topic, &mut sub, 1).await;
-        // The pattern subscription, on both matchers before, lives on m2 alone now: it sees
-        // events published after the drain (older ones may still be queued before them).
-        publish_until_pattern_sees_new(&client, &topic, &mut pattern).await;
+        // m1 leaves the ring while events keep coming: its topics and its pattern
+        // subscriptions move to m2 through the handoff, and nothing acknowledged is lost.
+        for n in 1..200 {
+            client
+                .publish_acked(Message::new(&topic).attr("n", n))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            collect(&mut sub, 1..200).await,
+            (1..200).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            collect(&mut pattern, 1..200).await,
+            (1..200).collect::<Vec<_>>()
+        );
+        let mut ring = client.watch_ring();
+        ring.wait_for(|p| p.as_ref().is_some_and(|p| p.members().len() == 1))
+            .await
+            .unwrap();
+        for n in 200..210 {
+            client
+                .publish_acked(Message::new(&topic).attr("n", n))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            collect(&mut sub, 200..210).await,
+            (200..210).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            collect(&mut pattern, 200..210).await,
+            (200..210).collect::<Vec<_>>()
+        );
         let m2 = cluster
             .matchers
             .iter()
@@ -274,8 +340,10 @@ async fn at_least_once_end_to_end_sees_each_event_once() {
                 n.ack().await.unwrap();
             }
         }
-        // Let redeliveries of the held ones pass through the SDK (they must not surface).
-        tokio::task::yield_now().await;
+        // Wait until the matcher has redelivered the held ones (they must not surface).
+        while cluster.matchers[0].stats().await.unwrap().redelivered < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for n in held {
             assert!(n.needs_ack());
             n.ack().await.unwrap();
@@ -292,7 +360,8 @@ async fn at_least_once_end_to_end_sees_each_event_once() {
         );
         last.ack().await.unwrap();
         let stats = cluster.matchers[0].stats().await.unwrap();
-        assert!(stats.redelivered > 0 || stats.notified == 21, "{stats:?}");
+        assert!(stats.redelivered >= 5, "{stats:?}");
+        assert_eq!(stats.notified, 21, "{stats:?}");
     })
     .await;
     client.close().await;
