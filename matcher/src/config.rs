@@ -6,16 +6,7 @@ use std::time::Duration;
 use sift_matcher_core::gossip::Strategy;
 use sift_protocol::Limits;
 
-/// What to do when a subscriber's queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SlowConsumer {
-    /// Drop the oldest queued notification and count it (at-most-once subscriptions only;
-    /// an at-least-once subscription is ended instead, since dropping would break its promise).
-    #[default]
-    DropOldest,
-    /// End the subscription with `SlowConsumer`.
-    Disconnect,
-}
+pub use sift_matcher_core::node::SlowConsumer;
 
 /// Matcher settings.
 #[derive(Clone, Debug)]

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use sift_matcher_core::node::Outlet;
 use sift_protocol::codec::EncodedEvent;
 use sift_protocol::frame::EndReason;
 use tokio::sync::Notify;
@@ -39,15 +40,7 @@ struct State {
     ended: bool,
 }
 
-/// What happened to a pushed notification.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Pushed {
-    Queued,
-    /// Queued after dropping the oldest one.
-    DroppedOldest,
-    /// Not queued: the queue is full (the caller ends the subscription) or already ended.
-    Refused,
-}
+pub(crate) use sift_matcher_core::node::Pushed;
 
 #[derive(Debug)]
 pub(crate) struct DeliveryQueue {
@@ -145,6 +138,32 @@ impl DeliveryQueue {
             }
             self.ready.notified().await;
         }
+    }
+}
+
+/// The node's view of a subscription's queue.
+impl Outlet for DeliveryQueue {
+    fn open(len_max: usize, bytes_max: usize) -> Arc<Self> {
+        DeliveryQueue::new(len_max, bytes_max)
+    }
+
+    fn push(
+        &self,
+        delivery: u64,
+        redelivered: bool,
+        event: Arc<EncodedEvent>,
+        drop_oldest: bool,
+    ) -> Pushed {
+        let item = Item::Notify {
+            delivery,
+            redelivered,
+            event,
+        };
+        DeliveryQueue::push(self, item, drop_oldest)
+    }
+
+    fn end(&self, reason: EndReason) {
+        DeliveryQueue::end(self, reason)
     }
 }
 

@@ -24,6 +24,7 @@ mod groups;
 pub mod handoff;
 mod index;
 mod keys;
+pub mod node;
 pub mod peers;
 mod plan;
 mod prog;

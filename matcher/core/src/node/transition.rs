@@ -5,23 +5,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sift_matcher_core::handoff::{self, Epoch, Outgoing};
-use sift_matcher_core::{NewSubscription, Timestamp};
+use crate::delivery::AckWindow;
+use crate::handoff::{self, Epoch, Outgoing};
+use crate::{NewSubscription, Timestamp};
 use sift_protocol::codec::EncodedEvent;
 use sift_protocol::frame::{EndReason, ErrorCode, Ring, RingMember};
 use sift_protocol::peer::{PeerFrame, PeerMsg, SubImage, SubTail, TailItem};
 use sift_protocol::ring::Placement;
 use sift_protocol::DeliveryMode;
 use sift_protocol::{Event, Filter, Pattern, SubscriptionId, Topic};
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::{placed, Alo, Core, Refusal, Spec, Sub, HANDOFF_CHUNK};
-use crate::queue::DeliveryQueue;
-use sift_matcher_core::delivery::AckWindow;
+use super::{placed, Alo, Effect, Node, Outlet, Refusal, Spec, Sub, Token, HANDOFF_CHUNK};
 use std::collections::VecDeque;
 
-impl Core {
+impl<Q: Outlet> Node<Q> {
     /// Judges a request made at ring `version` (DESIGN.md, ring epochs): the announced ring
     /// this matcher is handing over to becomes active here when a request names it; a ring
     /// newer than anything known is refused with `not-owner` and this matcher's version.
@@ -72,16 +70,14 @@ impl Core {
             epoch: self.placement.version(),
             msg,
         };
-        match &mut self.peers {
-            Some(p) => {
-                p.send(&member, frame);
-                true
-            }
-            None => false,
+        if !self.config.linked {
+            return false;
         }
+        self.effects.push(Effect::Peer { to: member, frame });
+        true
     }
 
-    fn image(&self, id: SubscriptionId, sub: &Sub, now: Timestamp) -> SubImage {
+    fn image(&self, id: SubscriptionId, sub: &Sub<Q>, now: Timestamp) -> SubImage {
         let remaining_ms = self
             .engine
             .get(id)
@@ -108,10 +104,7 @@ impl Core {
                 version = active.version,
                 "restarted while still in the ring: serving nothing until moved out and back in"
             );
-            self.stale_floor = Some((
-                active.version,
-                tokio::time::Instant::now() + super::STALE_MAX,
-            ));
+            self.stale_floor = Some((active.version, self.now().plus_millis(super::STALE_MAX_MS)));
         }
         if active.version > self.placement.version() {
             self.activate(active);
@@ -195,14 +188,7 @@ impl Core {
         let first = out.confirm();
         if first || again {
             let version = out.version();
-            if let Some(tx) = &self.confirms {
-                if tx.try_send(version).is_err() {
-                    warn!(
-                        version,
-                        "confirmation not queued; the coordinator will announce again"
-                    );
-                }
-            }
+            self.effects.push(Effect::Confirm(version));
             if first {
                 info!(version, "handoff complete; confirmed");
             }
@@ -247,7 +233,6 @@ impl Core {
     pub(super) fn activate(&mut self, ring: Ring) {
         let version = ring.version;
         self.placement = Placement::new(&ring);
-        self.ring_watch.send_replace(ring);
         if self
             .pending
             .as_ref()
@@ -266,10 +251,15 @@ impl Core {
         for id in self.incoming.ring(version, pending) {
             self.drop_held(id);
         }
-        if let Some(peers) = &mut self.peers {
-            let (active, next) = (&self.placement, &self.pending);
-            peers.retain(|id| active.contains(id) || next.as_ref().is_some_and(|p| p.contains(id)));
+        let mut keep: Vec<String> = Vec::new();
+        for p in std::iter::once(&self.placement).chain(self.pending.as_ref()) {
+            for m in p.members() {
+                if m.id != self.me.id && !keep.contains(&m.id) {
+                    keep.push(m.id.clone());
+                }
+            }
         }
+        self.effects.push(Effect::RingActive { ring, keep });
         self.track_peers();
         let in_ring = self.in_ring();
         let mut moved: Vec<SubscriptionId> = self
@@ -406,12 +396,9 @@ impl Core {
         self.engine
             .subscribe_until(now, new, Some(deadline))
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
-        let queue = DeliveryQueue::new(self.config.queue_len_max, self.config.queue_bytes_max);
+        let queue = Q::open(self.config.queue_len_max, self.config.queue_bytes_max);
         let alo = (image.mode == DeliveryMode::AtLeastOnce).then(|| Alo {
-            window: AckWindow::new(
-                self.config.redelivery_window,
-                self.config.ack_timeout.as_millis() as u64,
-            ),
+            window: AckWindow::new(self.config.redelivery_window, self.config.ack_timeout_ms),
             backlog: VecDeque::new(),
             backlog_bytes: 0,
         });
@@ -509,7 +496,7 @@ impl Core {
 
     /// A message from matcher `from`; `reply` takes the answer (now, or once what it asks
     /// for is done).
-    pub(super) fn peer(&mut self, from: &str, frame: PeerFrame, reply: oneshot::Sender<PeerFrame>) {
+    pub(super) fn peer(&mut self, from: &str, frame: PeerFrame, token: Token) {
         self.heard(from);
         // A peer speaking at the announced ring: it is active.
         let _ = self.epoch(frame.epoch);
@@ -519,7 +506,7 @@ impl Core {
                 event,
                 redeliver,
             } if self.placement.replicas() >= 2 => {
-                return self.dispatch_from_peer(seq, event, redeliver, frame.epoch, reply);
+                return self.dispatch_from_peer(seq, event, redeliver, frame.epoch, token);
             }
             PeerMsg::Hold {
                 seq,
@@ -581,10 +568,11 @@ impl Core {
                 PeerMsg::Acked { seqs: Vec::new() }
             }
         };
-        let _ = reply.send(PeerFrame {
+        let frame = PeerFrame {
             epoch: self.placement.version(),
             msg,
-        });
+        };
+        self.effects.push(Effect::PeerReply { token, frame });
     }
 
     /// An answer to a message sent to `from`.

@@ -4,27 +4,23 @@
 //! notification acked) and, when the dispatcher goes silent, delivers it itself. The rules
 //! are `sift_matcher_core::replica` and `peers`; this applies them and moves the messages.
 
-use sift_matcher_core::replica;
-use sift_matcher_core::Timestamp;
+use crate::replica;
+use crate::Timestamp;
 use sift_protocol::frame::ErrorCode;
 use sift_protocol::peer::{PeerFrame, PeerMsg};
 use sift_protocol::{Event, Topic};
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::{Core, Refusal};
+use super::{Effect, Node, Outlet, Refusal, Token};
 
 /// Who waits for an answer.
 pub(crate) enum Answer {
     /// Nobody (fire and forget, or a takeover).
     None,
-    /// A client's publish.
-    Client(oneshot::Sender<Result<(), Refusal>>),
-    /// Another matcher's `Dispatch` message `seq`.
-    Peer {
-        reply: oneshot::Sender<PeerFrame>,
-        seq: u64,
-    },
+    /// A client's publish, as the shell named it.
+    Client(Token),
+    /// Another matcher's `Dispatch` message `seq`, as the shell named it.
+    Peer { token: Token, seq: u64 },
 }
 
 /// A request waiting for other matchers.
@@ -40,15 +36,13 @@ pub(crate) struct Wait {
 /// Events per `Release` message.
 const RELEASE_CHUNK: usize = 1024;
 
-impl Core {
-    fn finish(&self, answer: Answer, result: Result<(), Refusal>) {
+impl<Q: Outlet> Node<Q> {
+    pub(super) fn finish(&mut self, answer: Answer, result: Result<(), Refusal>) {
         let epoch = self.placement.version();
         match answer {
             Answer::None => {}
-            Answer::Client(reply) => {
-                let _ = reply.send(result);
-            }
-            Answer::Peer { reply, seq } => {
+            Answer::Client(token) => self.effects.push(Effect::Answer { token, result }),
+            Answer::Peer { token, seq } => {
                 let msg = match result {
                     Ok(()) => PeerMsg::Acked { seqs: vec![seq] },
                     Err(r) => PeerMsg::Refused {
@@ -57,7 +51,8 @@ impl Core {
                         message: r.message,
                     },
                 };
-                let _ = reply.send(PeerFrame { epoch, msg });
+                let frame = PeerFrame { epoch, msg };
+                self.effects.push(Effect::PeerReply { token, frame });
             }
         }
     }
@@ -86,9 +81,8 @@ impl Core {
         event: Event,
         acked: bool,
         ring_version: u64,
-        reply: Option<oneshot::Sender<Result<(), Refusal>>>,
+        answer: Answer,
     ) {
-        let answer = reply.map_or(Answer::None, Answer::Client);
         if let Err(r) = self.epoch(ring_version) {
             return self.finish(answer, Err(r));
         }
@@ -187,9 +181,9 @@ impl Core {
         event: Event,
         redeliver: bool,
         epoch: u64,
-        reply: oneshot::Sender<PeerFrame>,
+        token: Token,
     ) {
-        let answer = Answer::Peer { reply, seq };
+        let answer = Answer::Peer { token, seq };
         let topic = match event.validate(&self.config.limits) {
             Ok(t) => t,
             Err(e) => {
