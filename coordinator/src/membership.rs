@@ -227,13 +227,16 @@ impl Membership {
     /// A matcher registers (or re-registers with a new address or weight). `active` is the
     /// ring it serves with, which a recovering coordinator may adopt; `draining` keeps it out
     /// of the next ring (a matcher in lame-duck drain). A matcher draining here stays so.
+    /// Returns whether it is taken for a restart inside the ring (it registered without a
+    /// ring while the rings still have it): it is moved out and back in, and must serve
+    /// nothing at the active ring meanwhile.
     pub fn register(
         &mut self,
         now_ms: u64,
         member: RingMember,
         active: Option<&Ring>,
         draining: bool,
-    ) -> Result<(), MembershipError> {
+    ) -> Result<bool, MembershipError> {
         validate(&member)?;
         if !self.nodes.contains_key(&member.id) && self.nodes.len() >= MEMBERS_MAX {
             return Err(MembershipError::Full);
@@ -251,7 +254,8 @@ impl Membership {
                 .pending
                 .as_ref()
                 .is_some_and(|p| p.ring.contains(&member.id));
-        if active.is_none() && !recovering && in_rings {
+        let restarted = active.is_none() && !recovering && in_rings;
+        if restarted {
             self.restarted.insert(member.id.clone());
         }
         let state = match self.nodes.get(&member.id) {
@@ -268,7 +272,7 @@ impl Membership {
             },
         );
         self.step(now_ms);
-        Ok(())
+        Ok(restarted)
     }
 
     /// A heartbeat from matcher `id`.
@@ -379,10 +383,22 @@ impl Membership {
     }
 
     /// The ring the members say it should be: alive (not draining) members, ordered by id.
+    /// A drain never empties the ring: while no other matcher is alive to take their topics,
+    /// the draining members of the active ring stay in it (their drain waits), so that what
+    /// they hold has somewhere to go.
     fn desired(&self) -> Vec<RingMember> {
-        self.nodes
+        let alive: Vec<RingMember> = self
+            .nodes
             .values()
             .filter(|n| n.state == NodeState::Alive && !self.restarted.contains(&n.member.id))
+            .map(|n| n.member.clone())
+            .collect();
+        if !alive.is_empty() {
+            return alive;
+        }
+        self.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Draining && self.active.contains(&n.member.id))
             .map(|n| n.member.clone())
             .collect()
     }

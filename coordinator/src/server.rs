@@ -71,9 +71,15 @@ pub struct ClusterState {
 
 impl ClusterState {
     fn frame(&self) -> Frame {
+        self.frame_for(false)
+    }
+
+    /// The frame for one matcher, with the coordinator's verdict on its registration.
+    fn frame_for(&self, restarted: bool) -> Frame {
         Frame::Cluster {
             active: self.active.clone(),
             pending: self.pending.clone(),
+            restarted,
         }
     }
 }
@@ -83,7 +89,7 @@ enum Input {
         member: RingMember,
         active: Option<Ring>,
         draining: bool,
-        reply: oneshot::Sender<Result<(), MembershipError>>,
+        reply: oneshot::Sender<Result<bool, MembershipError>>,
     },
     Heartbeat {
         node: String,
@@ -546,7 +552,7 @@ impl Stream {
         let reply = match answer {
             // The core publishes right after answering: a state read here that misses this
             // registration is followed at once by the one that has it.
-            Some(Ok(())) => cluster.borrow_and_update().frame(),
+            Some(Ok(restarted)) => cluster.borrow_and_update().frame_for(restarted),
             Some(Err(e)) => membership_error(req, e),
             None => return,
         };

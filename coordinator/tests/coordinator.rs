@@ -80,7 +80,9 @@ async fn next_ring(r: &mut FrameReader) -> Ring {
 async fn next_cluster(r: &mut FrameReader) -> (Ring, Option<Ring>) {
     loop {
         match r.next().await.unwrap().unwrap() {
-            Frame::Cluster { active, pending } => return (active, pending),
+            Frame::Cluster {
+                active, pending, ..
+            } => return (active, pending),
             Frame::Ok { .. } => continue,
             other => panic!("expected the cluster state, got {other:?}"),
         }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use sift_protocol::event::EventError;
 use sift_protocol::frame::{ErrorCode, ErrorFrame, Frame, Publish, RequestId};
 use sift_protocol::net::{FrameReader, FrameWriter, NetError};
@@ -113,13 +114,17 @@ impl RequestStream {
     async fn serve(self, send: quinn::SendStream, recv: quinn::RecvStream) {
         let max = self.shared.config.limits.frame_bytes_max;
         let mut reader = FrameReader::new(recv, max);
-        let (tx, rx) = mpsc::channel::<Answer>(ANSWERS_IN_FLIGHT_MAX);
+        let (tx, rx) = mpsc::channel::<Queued>(ANSWERS_IN_FLIGHT_MAX);
         let writer = tokio::spawn(write_answers(FrameWriter::new(send, max), rx));
         loop {
             let frame = tokio::select! {
                 _ = self.shared.cancel.cancelled() => break,
                 f = reader.next() => f,
             };
+            // Peer messages carry their sequence number and are answered as they complete:
+            // an answer that waits on another matcher must not hold up the ones behind it
+            // (two matchers relaying to each other would wait on each other's streams).
+            let in_order = !matches!(frame, Ok(Some(Frame::Peer(_))));
             let answer = match frame {
                 Ok(Some(frame)) => self.handle(frame).await,
                 Ok(None) => break,
@@ -129,7 +134,8 @@ impl RequestStream {
                         _ => ErrorCode::Malformed,
                     };
                     let fatal = !e.recoverable();
-                    let _ = tx.send(now(error(None, code, e.to_string()))).await;
+                    let answer = now(error(None, code, e.to_string()));
+                    let _ = tx.send(Queued::ordered(answer)).await;
                     if fatal {
                         break;
                     }
@@ -137,7 +143,7 @@ impl RequestStream {
                 }
             };
             if let Some(answer) = answer {
-                if tx.send(answer).await.is_err() {
+                if tx.send(Queued { answer, in_order }).await.is_err() {
                     break;
                 }
             }
@@ -451,20 +457,56 @@ impl RequestStream {
     }
 }
 
-/// Writes answers in request order, batching those already available into one write.
-async fn write_answers(mut w: FrameWriter, mut rx: mpsc::Receiver<Answer>) {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(answer) = next.take() {
-            if let Some(frame) = answer.await {
-                if let Err(e) = w.push(&frame) {
-                    debug!(error = %e, "answer not encoded");
-                }
-            }
-            next = rx.try_recv().ok();
+/// An answer for the writer, and whether it must keep its request's place in line.
+struct Queued {
+    answer: Answer,
+    in_order: bool,
+}
+
+impl Queued {
+    fn ordered(answer: Answer) -> Queued {
+        Queued {
+            answer,
+            in_order: true,
         }
-        if w.flush().await.is_err() {
-            return;
+    }
+}
+
+/// Writes answers (client requests' in request order, peer messages' as they complete),
+/// batching those already available into one write.
+async fn write_answers(mut w: FrameWriter, mut rx: mpsc::Receiver<Queued>) {
+    let mut ordered = FuturesOrdered::new();
+    let mut any = FuturesUnordered::new();
+    let mut open = true;
+    let mut dirty = false;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            q = rx.recv(), if open => {
+                match q {
+                    Some(Queued { answer, in_order: true }) => ordered.push_back(answer),
+                    Some(Queued { answer, in_order: false }) => any.push(answer),
+                    None => open = false,
+                }
+                continue;
+            }
+            Some(f) = ordered.next(), if !ordered.is_empty() => f,
+            Some(f) = any.next(), if !any.is_empty() => f,
+            // Nothing else ready: what was pushed goes out in one write.
+            () = std::future::ready(()), if dirty => {
+                dirty = false;
+                if w.flush().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            else => break,
+        };
+        if let Some(frame) = frame {
+            if let Err(e) = w.push(&frame) {
+                debug!(error = %e, "answer not encoded");
+            }
+            dirty = true;
         }
     }
     let _ = w.finish().await;

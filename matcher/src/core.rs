@@ -77,6 +77,8 @@ pub(crate) enum Input {
     Cluster {
         active: Ring,
         pending: Option<Ring>,
+        /// The coordinator's verdict on this matcher's registration (in its answer only).
+        restarted: bool,
     },
     /// A message from another matcher, answered with one.
     Peer {
@@ -269,7 +271,16 @@ impl Core {
             }
             Input::Ack { conn, id, event } => self.node.handle_ack(now, conn, id, event),
             Input::Closed { conn } => self.node.handle_closed(now, conn),
-            Input::Cluster { active, pending } => self.node.handle_cluster(now, active, pending),
+            Input::Cluster {
+                active,
+                pending,
+                restarted,
+            } => {
+                if restarted {
+                    self.node.handle_restarted(now, &active);
+                }
+                self.node.handle_cluster(now, active, pending)
+            }
             Input::Peer { from, frame, reply } => {
                 let token = self.token();
                 self.peer_replies.insert(token, reply);

@@ -122,8 +122,17 @@ impl Link {
             })
             .await?;
         match reg_r.next().await? {
-            Some(Frame::Cluster { active, pending }) => {
-                let _ = self.core.send(Input::Cluster { active, pending }).await;
+            Some(Frame::Cluster {
+                active,
+                pending,
+                restarted,
+            }) => {
+                let input = Input::Cluster {
+                    active,
+                    pending,
+                    restarted,
+                };
+                let _ = self.core.send(input).await;
             }
             Some(Frame::Error(e)) if e.code == ErrorCode::Forbidden => {
                 return Err(LinkError::Removed(e.message))
@@ -143,8 +152,15 @@ impl Link {
                 }
                 answer = reg_r.next() => match answer? {
                     Some(Frame::Ok { .. }) => {}
-                    Some(Frame::Cluster { active, pending }) => {
-                        let _ = self.core.send(Input::Cluster { active, pending }).await;
+                    Some(Frame::Cluster {
+                        active, pending, ..
+                    }) => {
+                        let input = Input::Cluster {
+                            active,
+                            pending,
+                            restarted: false,
+                        };
+                        let _ = self.core.send(input).await;
                     }
                     // Declared dead meanwhile: register again from scratch.
                     Some(Frame::Error(e)) if e.code == ErrorCode::UnknownNode => return Err(LinkError::Refused(e.message)),

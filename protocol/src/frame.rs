@@ -306,6 +306,12 @@ pub enum Frame {
         active: Ring,
         /// The announced next ring, if a transition is under way.
         pending: Option<Ring>,
+        /// In the answer to `Register` only: the coordinator takes this matcher for one that
+        /// restarted while still in the ring (it registered without a ring of its own while
+        /// the rings have it). It lost what it held, so it serves nothing at the active ring
+        /// until the coordinator has moved it out and back in.
+        #[serde(default)]
+        restarted: bool,
     },
     /// A matcher has handed over everything the pending ring `version` moves away from it
     /// and its receivers confirmed it (matcher → coordinator, on its register stream).

@@ -268,7 +268,7 @@ fn bad_members_are_refused() {
         addr: "[::1]:7401".into(),
         weight: 1,
     };
-    assert_eq!(m.register(0, ok, None, false), Ok(()));
+    assert_eq!(m.register(0, ok, None, false), Ok(false));
     assert_eq!(m.version(), 1);
 }
 
@@ -283,7 +283,11 @@ fn the_table_is_bounded() {
         m.register(0, member("one-more", 1), None, false),
         Err(MembershipError::Full)
     );
-    assert_eq!(m.register(0, member("m0", 1), None, false), Ok(()));
+    assert_eq!(
+        m.register(0, member("m0", 1), None, false),
+        Ok(true),
+        "a member re-registering is let in (as a restart: it is in the ring)"
+    );
 }
 
 #[test]
@@ -351,11 +355,18 @@ fn a_matcher_restarted_inside_dead_after_leaves_the_ring_and_joins_again() {
     assert_eq!(active(&m), s(&["a", "b"]));
     // b reconnects with the ring it serves: nothing changes.
     let ring = m.ring().clone();
-    m.register(30, member("b", 1), Some(&ring), false).unwrap();
+    assert_eq!(
+        m.register(30, member("b", 1), Some(&ring), false),
+        Ok(false)
+    );
     assert!(m.pending().is_none());
     // b starts again (no ring of its own) before anyone thought it dead: it lost what it
     // held, so it leaves the ring first (a and b confirm), then joins through a handoff.
-    m.register(40, member("b", 1), None, false).unwrap();
+    assert_eq!(
+        m.register(40, member("b", 1), None, false),
+        Ok(true),
+        "b is told it restarted inside the ring"
+    );
     assert_eq!(pending(&m), Some(s(&["a"])));
     let v = m.pending().unwrap().version;
     m.confirm(50, "a", v);
@@ -366,4 +377,31 @@ fn a_matcher_restarted_inside_dead_after_leaves_the_ring_and_joins_again() {
     let v = m.pending().unwrap().version;
     m.confirm(60, "a", v);
     assert_eq!(active(&m), s(&["a", "b"]));
+}
+
+#[test]
+fn a_drain_never_empties_the_ring() {
+    let mut m = fresh(1000);
+    m.register(0, member("a", 1), None, false).unwrap();
+    m.register(0, member("b", 1), None, false).unwrap();
+    let v = m.pending().map(|p| p.version);
+    if let Some(v) = v {
+        m.confirm(1, "a", v);
+    }
+    assert_eq!(active(&m), s(&["a", "b"]));
+    m.drain(10, "a").unwrap();
+    let v = m.pending().unwrap().version;
+    m.confirm(11, "a", v);
+    m.confirm(11, "b", v);
+    assert_eq!(active(&m), s(&["b"]));
+    // The last one drains: nowhere for its topics to go, so it stays (its drain waits).
+    m.drain(20, "b").unwrap();
+    assert!(m.pending().is_none());
+    assert_eq!(active(&m), s(&["b"]));
+    // A replacement joins: b hands over to it and leaves.
+    m.register(30, member("c", 1), None, false).unwrap();
+    assert_eq!(pending(&m), Some(s(&["c"])));
+    let v = m.pending().unwrap().version;
+    m.confirm(31, "b", v);
+    assert_eq!(active(&m), s(&["c"]));
 }

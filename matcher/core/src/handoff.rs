@@ -154,6 +154,11 @@ impl Outgoing {
         self.unanswered.is_empty()
     }
 
+    /// True once the coordinator has been told the handoff is complete.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
     /// Marks the confirmation sent; true the first time.
     pub fn confirm(&mut self) -> bool {
         !std::mem::replace(&mut self.confirmed, true)
@@ -177,6 +182,11 @@ impl Incoming {
     /// `id` was handed over for ring `version` (again: the latest version wins).
     pub fn hold(&mut self, id: SubscriptionId, version: u64) {
         self.held.insert(id, version);
+    }
+
+    /// The announced ring `id` is held for, if it is.
+    pub fn held_for(&self, id: SubscriptionId) -> Option<u64> {
+        self.held.get(&id).copied()
     }
 
     /// True when `id` is held for a transition that has not activated.

@@ -104,6 +104,8 @@ enum Msg {
         incarnation: u64,
         active: Ring,
         pending: Option<Ring>,
+        /// The answer to a registration: the coordinator's verdict.
+        restarted: bool,
     },
     Confirm {
         from: String,
@@ -270,7 +272,7 @@ impl World {
                 next_beat: self.now,
             },
         );
-        self.coord.register(self.now, member, None, false).unwrap();
+        let restarted = self.coord.register(self.now, member, None, false).unwrap();
         // The coordinator answers a registration with the cluster's state.
         let (active, pending) = (self.coord.ring(), self.coord.pending().cloned());
         self.send(Msg::Cluster {
@@ -278,6 +280,7 @@ impl World {
             incarnation,
             active,
             pending,
+            restarted,
         });
     }
 
@@ -400,7 +403,11 @@ impl World {
                 incarnation,
                 active,
                 pending,
+                restarted,
             } => self.with_node(&to, incarnation, |n, _| {
+                if restarted {
+                    n.handle_restarted(now, &active);
+                }
                 n.handle_cluster(now, active, pending)
             }),
             Msg::Confirm { from, version } => {
@@ -722,6 +729,7 @@ impl World {
                         incarnation: m.incarnation,
                         active: active.clone(),
                         pending: pending.clone(),
+                        restarted: false,
                     };
                     self.seq += 1;
                     let delay = self.rng.random_range(1..=5);

@@ -132,6 +132,7 @@ fn every_frame() -> Vec<Frame> {
         Frame::Cluster {
             active: Ring::new(3, vec![]),
             pending: Some(Ring::new(4, vec![])),
+            restarted: true,
         },
         Frame::Confirm {
             req: 14,

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::delivery::{AckWindow, DedupWindow};
 use crate::gossip::{self, Effects, Gossip, Message, NodeId, Strategy, Update};
-use crate::handoff::{Incoming, Outgoing, Placed};
+use crate::handoff::{self, Incoming, Outgoing, Placed};
 use crate::peers::Peers;
 use crate::replica::{Held, Releases};
 use crate::{Engine, EngineConfig, Match, NewSubscription, SetFilterError, Timestamp};
@@ -705,11 +705,55 @@ impl<Q: Outlet> Node<Q> {
         self.ack(conn, id, event);
     }
 
-    /// Connection `conn` closed: its subscriptions end.
+    /// Connection `conn` closed: its at-most-once subscriptions end; its at-least-once ones
+    /// wait (until their lease ends) for their client to subscribe again from another
+    /// connection, and get what they had not acknowledged then.
     pub fn handle_closed(&mut self, now: Timestamp, conn: ConnId) {
         self.at(now);
         for id in self.conns.remove(&conn).unwrap_or_default() {
-            self.forget(id, EndReason::Shutdown);
+            if self.subs.get(&id).is_some_and(|s| s.alo.is_some()) {
+                self.detach(id);
+            } else {
+                self.forget(id, EndReason::Shutdown);
+            }
+        }
+    }
+
+    /// Subscription `id` loses its connection but lives on: a fresh queue takes what comes
+    /// for it, starting with every notification the old stream had not had acknowledged.
+    fn detach(&mut self, id: SubscriptionId) {
+        let now = self.now();
+        let (len, bytes) = (self.config.queue_len_max, self.config.queue_bytes_max);
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
+        if let Some(c) = sub.conn.take() {
+            if let Some(set) = self.conns.get_mut(&c) {
+                set.remove(&id);
+            }
+        }
+        sub.queue.end(EndReason::Moved);
+        let queue = Q::open(len, bytes);
+        if let Some(alo) = &mut sub.alo {
+            for due in alo.window.resend_all(now) {
+                queue.push(due.delivery, true, due.item.clone(), false);
+            }
+        }
+        sub.queue = queue;
+    }
+
+    /// The coordinator's verdict on this node's registration: it restarted while `active`
+    /// still had it. What it held is gone (its replicas serve), so it serves nothing at that
+    /// ring (at most 30 s: a coordinator that restarted too keeps the ring as it is) until the
+    /// coordinator has moved it out and back in.
+    pub fn handle_restarted(&mut self, now: Timestamp, active: &Ring) {
+        self.at(now);
+        if active.contains(&self.me.id) && active.version >= self.placement.version() {
+            warn!(
+                version = active.version,
+                "restarted while still in the ring: serving nothing until moved out and back in"
+            );
+            self.stale_floor = Some((active.version, now.plus_millis(STALE_MAX_MS)));
         }
     }
 
@@ -881,6 +925,22 @@ impl<Q: Outlet> Node<Q> {
         }
     }
 
+    /// A transition is confirmed here and a subscription of `topic` (`None`: a pattern)
+    /// would have to be mirrored to its new owners.
+    fn moving_after_confirm(&self, topic: &Option<Topic>) -> bool {
+        let (Some(pending), Some(out)) = (&self.pending, &self.outgoing) else {
+            return false;
+        };
+        if !out.is_confirmed() {
+            return false;
+        }
+        let placed = match topic {
+            Some(t) => Placed::Topic(t.as_str()),
+            None => Placed::Pattern,
+        };
+        !handoff::mirror_to(&self.me.id, &self.placement, pending, placed).is_empty()
+    }
+
     /// The subscription exists and belongs to `conn`.
     fn own(&self, conn: ConnId, id: SubscriptionId) -> Result<(), Refusal> {
         match self.subs.get(&id) {
@@ -916,6 +976,29 @@ impl<Q: Outlet> Node<Q> {
             }
             _ => {}
         }
+        if self.moving_after_confirm(&topic) {
+            // This matcher told the coordinator its handoff is complete: a new subscription
+            // on a moving topic now could reach its new owner after the ring activates (and
+            // miss what is published there first). The SDK retries once the ring is active.
+            return Err(Refusal {
+                code: ErrorCode::NotOwner,
+                message: format!(
+                    "ring version {} is activating; subscribe again shortly",
+                    self.pending.as_ref().map_or(0, Placement::version)
+                ),
+                ring_version: Some(self.placement.version()),
+            });
+        }
+        if self
+            .subs
+            .get(&sub.id)
+            .is_some_and(|s| s.conn.is_some() && s.conn != Some(conn))
+        {
+            // The client subscribes again from a new connection before this matcher noticed
+            // its old one was gone: the subscription moves to the new connection, with what
+            // the old one had not acknowledged.
+            self.detach(sub.id);
+        }
         let per_conn = self.conns.get(&conn).map_or(0, HashSet::len);
         if let Some(held) = self.subs.get_mut(&sub.id).filter(|s| s.conn.is_none()) {
             // Handed over from another matcher: the client attaches, and what waited for it
@@ -942,11 +1025,6 @@ impl<Q: Outlet> Node<Q> {
                 .get(sub.id)
                 .map_or(0, |i| i.deadline.0.saturating_sub(now.0));
             return Ok((remaining, queue));
-        }
-        if self.subs.get(&sub.id).is_some_and(|s| s.conn != Some(conn)) {
-            // The client subscribes again from a new connection before this matcher noticed
-            // its old one was gone: the subscription moves to the new connection.
-            self.forget(sub.id, EndReason::Moved);
         }
         let per_conn = self.conns.get(&conn).map_or(0, HashSet::len);
         if per_conn >= self.config.subscriptions_per_connection_max {

@@ -31,6 +31,11 @@ pub(crate) struct Wait {
     /// A relayed publish (the dispatcher is another owner): its event, delivered here if the
     /// dispatcher goes down or refuses before it answers.
     relay: Option<(Topic, Event)>,
+    /// The event the holders are to hold (not for a relay): a repeat of its publish that
+    /// arrives meanwhile waits here too, instead of being answered before it is held.
+    holding: Option<sift_protocol::EventId>,
+    /// Those repeats' answers.
+    also: Vec<Answer>,
 }
 
 /// Events per `Release` message.
@@ -113,6 +118,8 @@ impl<Q: Outlet> Node<Q> {
                             answer,
                             from: vec![d],
                             relay: Some((topic, event)),
+                            holding: None,
+                            also: Vec::new(),
                         },
                     );
                 } else {
@@ -137,6 +144,15 @@ impl<Q: Outlet> Node<Q> {
         let now = self.now();
         if dedup && !self.dedup.first_time(now, event.id) {
             self.stats.duplicates += 1;
+            // Still waiting for its holders: the repeat is answered with the first.
+            if let Some(w) = self
+                .waits
+                .values_mut()
+                .find(|w| w.holding == Some(event.id))
+            {
+                w.also.push(answer);
+                return;
+            }
             return self.finish(answer, Ok(()));
         }
         self.stats.published += 1;
@@ -167,6 +183,8 @@ impl<Q: Outlet> Node<Q> {
                     answer,
                     from: holders,
                     relay: None,
+                    holding: Some(event.id),
+                    also: Vec::new(),
                 },
             );
         } else {
@@ -231,9 +249,17 @@ impl<Q: Outlet> Node<Q> {
         }
         w.from.retain(|f| f != from);
         if w.from.is_empty() {
-            self.finish(w.answer, Ok(()));
+            self.complete(w);
         } else {
             self.waits.insert(seq, w);
+        }
+    }
+
+    /// Every holder a wait waited for answered (or died): its publishes are answered.
+    fn complete(&mut self, w: Wait) {
+        self.finish(w.answer, Ok(()));
+        for a in w.also {
+            self.finish(a, Ok(()));
         }
     }
 
@@ -341,7 +367,7 @@ impl<Q: Outlet> Node<Q> {
             // A holder died: it cannot hold the event; the answer does not wait for it.
             w.from.retain(|f| f != id);
             if w.from.is_empty() {
-                self.finish(w.answer, Ok(()));
+                self.complete(w);
             } else {
                 self.waits.insert(seq, w);
             }

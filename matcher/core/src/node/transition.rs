@@ -96,16 +96,6 @@ impl<Q: Outlet> Node<Q> {
     /// The coordinator's view of the cluster: activate a newer ring, and hand over for an
     /// announced one (or give up a transition the coordinator abandoned).
     pub(super) fn cluster(&mut self, active: Ring, pending: Option<Ring>) {
-        if self.placement.version() == 0 && active.contains(&self.me.id) {
-            // Just started, and the ring still has this matcher: a restart faster than the
-            // coordinator's dead-after. What it held is gone, so it must not dispatch; the
-            // coordinator moves it out and back in through handoffs.
-            warn!(
-                version = active.version,
-                "restarted while still in the ring: serving nothing until moved out and back in"
-            );
-            self.stale_floor = Some((active.version, self.now().plus_millis(super::STALE_MAX_MS)));
-        }
         if active.version > self.placement.version() {
             self.activate(active);
         }
@@ -337,7 +327,9 @@ impl<Q: Outlet> Node<Q> {
             return Vec::new();
         };
         let mut items = Vec::new();
+        let mut keys = Vec::new();
         for t in alo.window.take_all() {
+            keys.push(t.key);
             match t.item.decode() {
                 Ok(event) => items.push(TailItem {
                     event,
@@ -347,7 +339,8 @@ impl<Q: Outlet> Node<Q> {
                 Err(e) => warn!(sub = %id, error = %e, "an unacked notification does not decode"),
             }
         }
-        for (_, e) in alo.backlog.drain(..) {
+        for (key, e) in alo.backlog.drain(..) {
+            keys.push(key);
             match e.decode() {
                 Ok(event) => items.push(TailItem {
                     event,
@@ -358,6 +351,10 @@ impl<Q: Outlet> Node<Q> {
             }
         }
         alo.backlog_bytes = 0;
+        // They are the new owner's now: this matcher's replicas may let go.
+        for k in &keys {
+            self.releases.acked(k);
+        }
         items
     }
 
@@ -365,9 +362,17 @@ impl<Q: Outlet> Node<Q> {
     /// abandoned, or a newer image replaces it).
     fn drop_held(&mut self, id: SubscriptionId) {
         if self.subs.get(&id).is_some_and(|s| s.conn.is_none()) {
-            if let Some(sub) = self.subs.remove(&id) {
+            if let Some(mut sub) = self.subs.remove(&id) {
                 let _ = self.engine.unsubscribe(id);
-                self.alo_pending.remove(&id);
+                self.settled(id);
+                if let Some(alo) = &mut sub.alo {
+                    for t in alo.window.take_all() {
+                        self.releases.acked(&t.key);
+                    }
+                    for (key, _) in alo.backlog.drain(..) {
+                        self.releases.acked(&key);
+                    }
+                }
                 sub.queue.end(EndReason::Moved);
             }
         }
@@ -434,20 +439,52 @@ impl<Q: Outlet> Node<Q> {
         gone: Vec<SubscriptionId>,
     ) -> Result<(), Refusal> {
         let hold = (version > self.placement.version()).then_some(version);
+        let mut refused = None;
         for image in subs {
             match self.subs.get(&image.id) {
                 // Its client is here already (it attached, or subscribed afresh).
                 Some(s) if s.conn.is_some() => continue,
-                // A newer image of one held here.
-                Some(_) => self.drop_held(image.id),
-                None => {}
+                // A newer image (a mirrored change, or a message sent again) of one held
+                // here: updated in place, so that what it queued since stays queued.
+                Some(_) => self.update_held(image, hold),
+                None => {
+                    let id = image.id;
+                    if let Err(r) = self.install(image, hold) {
+                        warn!(sub = %id, error = %r.message, "a handed-over subscription was refused");
+                        refused.get_or_insert(r);
+                    }
+                }
             }
-            self.install(image, hold)?;
         }
         for id in gone {
             self.drop_held(id);
         }
-        Ok(())
+        // One refused: the sender does not count this message as taken (and logs why).
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// A newer image of detached subscription `id`: its filter and deadline move, its queue
+    /// and unacknowledged notifications stay.
+    fn update_held(&mut self, image: SubImage, hold: Option<u64>) {
+        let now = self.now();
+        let id = image.id;
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
+        if sub.spec.filter != image.filter {
+            match Filter::parse(&image.filter) {
+                Ok(f) if self.engine.set_filter(id, &f).is_ok() => sub.spec.filter = image.filter,
+                _ => warn!(sub = %id, "a handed-over filter change was refused"),
+            }
+        }
+        let deadline = Timestamp(now.0.saturating_add(image.remaining_ms.max(1)));
+        self.engine.extend(now, id, deadline);
+        // Held for the newest announced ring it was handed over for.
+        if let Some(v) = hold {
+            if self.incoming.held_for(id).is_some_and(|held| v > held) {
+                self.incoming.hold(id, v);
+            }
+        }
     }
 
     /// The last of a handoff: unacknowledged notifications to redeliver from here.
