@@ -117,6 +117,7 @@ impl From<Value> for AttrValue {
 #[derive(Clone)]
 struct NodeHandle {
     tx: mpsc::Sender<Request>,
+    conn: quinn::Connection,
 }
 
 /// One matcher address: its live connection, or when the next attempt may be made after
@@ -485,19 +486,27 @@ impl Inner {
             } => {
                 debug!(%message, "not the owner; refreshing the ring");
                 if attempt > 1 {
-                    // The ring did not settle it at once: do not spin while it converges.
+                    // The ring did not settle it at once: do not spin while it converges
+                    // (a new ring is news: try at once).
+                    let mut ring = self.ring.subscribe();
                     tokio::select! {
                         _ = self.cancel.cancelled() => return false,
                         _ = tokio::time::sleep(backoff::random_delay(attempt - 1)) => {}
+                        _ = ring.changed() => {}
                     }
                 }
                 self.refresh_ring().await;
                 true
             }
             ClientError::Timeout | ClientError::Connection(_) | ClientError::NoMatcher(_) => {
+                // Backs off while the matcher is away, but a new ring (it is back, or its
+                // topics moved) ends the wait: a held copy waiting for this client to attach
+                // must not fill up meanwhile.
+                let mut ring = self.ring.subscribe();
                 tokio::select! {
                     _ = self.cancel.cancelled() => return false,
                     _ = tokio::time::sleep(backoff::random_delay(attempt)) => {}
+                    _ = ring.changed() => {}
                 }
                 self.refresh_ring().await;
                 !self.closed.load(Ordering::Relaxed)
@@ -531,9 +540,22 @@ impl Inner {
                 return;
             }
             *from = Some(source);
-            self.ring
+            let before = self
+                .ring
                 .send_replace(Some(Arc::new(Placement::new(&ring))));
             self.ring_gen.fetch_add(1, Ordering::AcqRel);
+            // A matcher that left the ring (drained, or declared dead) may come back as a new
+            // process at the same address: the connection to the old one is closed now, so
+            // that nothing waits on it (a SIGKILLed matcher's connection would otherwise
+            // linger until the idle timeout, and the subscriptions placed again on its
+            // successor would go to the dead one).
+            if let Some(before) = before {
+                for m in before.members() {
+                    if !ring.contains(&m.id) {
+                        self.close_node(&m.addr);
+                    }
+                }
+            }
         }
         crate::subscription::reconcile(self);
     }
@@ -669,6 +691,26 @@ impl Inner {
         }
     }
 
+    /// Closes the connection to `addr`, if there is one; the next request makes a new one.
+    fn close_node(&self, addr: &str) {
+        let slot = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned();
+        if let Some(slot) = slot {
+            if let Ok(mut slot) = slot.try_lock() {
+                if let Some(h) = slot.handle.take() {
+                    h.conn.close(0u32.into(), b"left the ring");
+                }
+            } else {
+                // A connection attempt holds the slot: it is to the current process.
+                debug!(%addr, "matcher left the ring while connecting to it");
+            }
+        }
+    }
+
     /// Connects to a matcher, presents the token if there is one, and starts the connection's
     /// task.
     async fn connect_node(self: &Arc<Self>, addr: &str) -> Result<NodeHandle, ClientError> {
@@ -682,7 +724,10 @@ impl Inner {
             .map_err(|_| ClientError::Connection(format!("{addr}: no answer to the handshake")))?
             .map_err(|e| ClientError::Connection(format!("{addr}: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
-        let handle = NodeHandle { tx };
+        let handle = NodeHandle {
+            tx,
+            conn: conn.clone(),
+        };
         let hello = self.config.token.as_ref().map(|token| {
             let req = self.next_req();
             let (reply_tx, reply_rx) = oneshot::channel();
