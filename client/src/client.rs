@@ -544,14 +544,15 @@ impl Inner {
                 .ring
                 .send_replace(Some(Arc::new(Placement::new(&ring))));
             self.ring_gen.fetch_add(1, Ordering::AcqRel);
-            // A matcher that left the ring (drained, or declared dead) may come back as a new
-            // process at the same address: the connection to the old one is closed now, so
-            // that nothing waits on it (a SIGKILLed matcher's connection would otherwise
-            // linger until the idle timeout, and the subscriptions placed again on its
-            // successor would go to the dead one).
+            // A matcher that joins the ring may be a new process at an address this client
+            // still has a connection to (a killed matcher, declared dead, that came back):
+            // that connection is to the dead one and would linger until its idle timeout,
+            // and the subscriptions placed on the new process would go to it. Closed now;
+            // the next request connects afresh. (A matcher that leaves keeps its connection:
+            // a draining one is still sending what it queued.)
             if let Some(before) = before {
-                for m in before.members() {
-                    if !ring.contains(&m.id) {
+                for m in &ring.members {
+                    if !before.contains(&m.id) {
                         self.close_node(&m.addr);
                     }
                 }
