@@ -26,6 +26,10 @@ pub struct DevArgs {
     /// UDP port of the coordinator; matchers take the next ones.
     #[arg(long, default_value_t = 7400)]
     pub port: u16,
+    /// Partitioned mode: the replication factor R (exact-topic subscriptions on R owners,
+    /// acknowledged publishes held on R owners), 1 to 5.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
     /// Logs as JSON lines.
     #[arg(long)]
     pub log_json: bool,
@@ -52,6 +56,10 @@ pub fn run(args: DevArgs) -> Result<()> {
     if args.matchers == 0 || args.matchers > 64 {
         bail!("--matchers must be 1 to 64");
     }
+    let max = sift_protocol::ring::REPLICAS_MAX;
+    if !(1..=max).contains(&args.replicas) {
+        bail!("--replicas must be 1 to {max}");
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let ca = CertAuthority::generate("sift dev CA")?;
@@ -64,7 +72,11 @@ pub fn run(args: DevArgs) -> Result<()> {
     }
     common::runtime()?.block_on(async move {
         let coordinator_addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-        let config = CoordinatorConfig { listen: coordinator_addr, ..CoordinatorConfig::default() };
+        let config = CoordinatorConfig {
+            listen: coordinator_addr,
+            replicas: args.replicas,
+            ..CoordinatorConfig::default()
+        };
         let coordinator = Coordinator::start(config, server_config(&node, None)?)
             .with_context(|| format!("cannot listen on {coordinator_addr} (is another `sift dev` running? try --port)"))?;
         let mut matchers = Vec::new();

@@ -54,13 +54,19 @@ fn only_moving_topics_are_handed_over_to_their_new_owner() {
 fn a_leaving_matcher_hands_everything_over_and_patterns_go_to_joiners_only() {
     let active = ring(1, &["a", "b"]);
     let pending = ring(2, &["b", "c"]);
+    // Two topics a owns (it hands over only what it owns).
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("t.{i}"))
+        .filter(|t| active.owner(t).is_some_and(|m| m.id == "a"))
+        .take(2)
+        .collect();
     let out = plan(
         "a",
         &active,
         &pending,
         [
-            (SubscriptionId(1), Placed::Topic("x")),
-            (SubscriptionId(2), Placed::Topic("y")),
+            (SubscriptionId(1), Placed::Topic(&mine[0])),
+            (SubscriptionId(2), Placed::Topic(&mine[1])),
             (SubscriptionId(3), Placed::Pattern),
         ],
     );
