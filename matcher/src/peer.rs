@@ -92,7 +92,8 @@ fn seq_of(msg: &PeerMsg) -> Option<u64> {
         PeerMsg::Hold { seq, .. }
         | PeerMsg::Dispatch { seq, .. }
         | PeerMsg::Handoff { seq, .. }
-        | PeerMsg::Tail { seq, .. } => Some(*seq),
+        | PeerMsg::Tail { seq, .. }
+        | PeerMsg::Unacked { seq, .. } => Some(*seq),
         _ => None,
     }
 }

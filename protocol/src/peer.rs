@@ -89,6 +89,20 @@ pub enum PeerMsg {
         /// Per subscription, its image and its unacknowledged notifications.
         subs: Vec<SubTail>,
     },
+    /// Step one of a handoff, next to `Handoff`: copies of the at-least-once notifications
+    /// not yet acknowledged of subscriptions the announced ring `version` moves to the
+    /// receiver (their topic's new owner). The receiver keeps them aside, without delivering:
+    /// the sender's `Tail` at activation replaces them; if no tail comes within an ack timeout
+    /// of the ring's activation (the sender died), the receiver redelivers the copies.
+    /// Answered with `Acked`; the sender confirms the handoff only once they are taken.
+    Unacked {
+        /// Sequence number, echoed in the answer.
+        seq: u64,
+        /// The pending ring the copies are for.
+        version: u64,
+        /// Per subscription, its image and its unacknowledged notifications.
+        subs: Vec<SubTail>,
+    },
     /// The messages with these sequence numbers were taken.
     Acked {
         /// Their sequence numbers.

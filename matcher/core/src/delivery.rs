@@ -200,6 +200,14 @@ impl<K: Hash + Eq + Clone, T> AckWindow<K, T> {
     pub fn next_deadline(&self) -> Option<Timestamp> {
         self.due.first().map(|&(due, _)| Timestamp(due))
     }
+
+    /// Every unacknowledged delivery, oldest first, left in place (to copy it to another
+    /// matcher ahead of a handoff): its key, item and when it is due again.
+    pub fn peek_all(&self) -> impl Iterator<Item = (&K, &T, Timestamp)> + '_ {
+        self.unacked
+            .values()
+            .map(|e| (&e.key, &e.item, Timestamp(e.due)))
+    }
 }
 
 /// Recently seen ids, for at most `ttl_ms` and at most `max` of them (oldest forgotten first).

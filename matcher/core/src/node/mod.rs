@@ -13,7 +13,7 @@
 //! The shell (`sift-matcher`'s core task) is a dispatcher: it reads its inputs, calls the
 //! node, and moves the effects' bytes.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
@@ -295,6 +295,12 @@ pub struct MatcherStats {
     pub taken_over: u64,
     /// Partitioned mode: unacknowledged notifications handed over with moving subscriptions.
     pub handed_over_unacked: u64,
+    /// Partitioned mode: copies of unacknowledged notifications sent to moving
+    /// subscriptions' new owners in step one of a handoff (before the ring activates).
+    pub copied_unacked: u64,
+    /// Partitioned mode: copied notifications redelivered here because their sender's tail
+    /// never came (it died after the ring activated).
+    pub redelivered_copies: u64,
     /// Partitioned mode: publishes of publishers on an older ring forwarded to the owner.
     pub forwarded_publishes: u64,
     /// Partitioned mode, R ≥ 2: held events delivered here after their dispatcher died.
@@ -331,6 +337,8 @@ impl MatcherStats {
             ("handed_over", self.handed_over),
             ("taken_over", self.taken_over),
             ("handed_over_unacked", self.handed_over_unacked),
+            ("copied_unacked", self.copied_unacked),
+            ("redelivered_copies", self.redelivered_copies),
             ("forwarded_publishes", self.forwarded_publishes),
             ("taken_over_events", self.taken_over_events),
             ("held_events", self.held_events),
@@ -416,6 +424,12 @@ pub struct Node<Q> {
     outgoing: Option<Outgoing>,
     /// Subscriptions other matchers handed over here for an announced ring.
     incoming: Incoming,
+    /// Copies of other matchers' unacknowledged notifications for subscriptions moving here,
+    /// by (sender, subscription), until the sender's tail replaces them.
+    copies: BTreeMap<(String, SubscriptionId), transition::Copies>,
+    /// Which matchers got copies of each subscription's unacknowledged notifications for
+    /// `pending` (each gets a tail at activation, even an empty one, to let go of them).
+    copied: BTreeMap<SubscriptionId, BTreeSet<String>>,
     /// Sequence number of the last peer message sent.
     seq: u64,
     /// Restarted while still in the ring at this version: not an owner at it (until the
@@ -500,6 +514,8 @@ impl<Q: Outlet> Node<Q> {
             pending: None,
             outgoing: None,
             incoming: Incoming::new(),
+            copies: BTreeMap::new(),
+            copied: BTreeMap::new(),
             seq: 0,
             stale_floor: None,
             gossip,
@@ -595,6 +611,7 @@ impl<Q: Outlet> Node<Q> {
             .chain(self.redeliveries.first().map(|(t, _)| *t))
             .chain(self.gossip.as_ref().map(|g| g.next_tick))
             .chain(self.liveness_deadline())
+            .chain(self.copies.values().filter_map(transition::Copies::due))
             .min()
     }
 
@@ -831,6 +848,7 @@ impl<Q: Outlet> Node<Q> {
             }
         }
         self.redeliver(now);
+        self.redeliver_copies(now);
     }
 
     /// Notes that `id` has unacked notifications, due for redelivery at `due` at the
@@ -899,6 +917,9 @@ impl<Q: Outlet> Node<Q> {
         if let Some(mut sub) = self.subs.remove(&id) {
             self.settled(id);
             self.incoming.settle(id);
+            if !self.copies.is_empty() {
+                self.copies.retain(|(_, s), _| *s != id);
+            }
             // Its unacknowledged notifications will never be acked: replicas may let go.
             if let Some(alo) = &mut sub.alo {
                 for t in alo.window.take_all() {

@@ -391,3 +391,156 @@ fn a_repeat_of_a_publish_waiting_for_its_replica_is_answered_with_it_not_before(
     a.handle_peer_answer(Timestamp(3), "b", acked);
     assert_eq!(answers(&mut a), vec![(1, Ok(())), (2, Ok(()))]);
 }
+
+/// What `n` sends to `to`, in order.
+fn sent_to(n: &mut Node<Rec>, to: &str) -> Vec<PeerFrame> {
+    n.take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Peer { to: m, frame } if m.id == to => Some(frame),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `to` takes `frames` from `from`; `from` takes the answers. Returns `from`'s effects.
+fn exchange(
+    from: &mut Node<Rec>,
+    to: &mut Node<Rec>,
+    frames: Vec<PeerFrame>,
+    now: u64,
+) -> Vec<Effect> {
+    let from_id = from.me.id.clone();
+    let to_id = to.me.id.clone();
+    for (i, f) in frames.into_iter().enumerate() {
+        to.handle_peer(Timestamp(now), &from_id, f, i as u64);
+    }
+    for e in to.take_effects() {
+        if let Effect::PeerReply { frame, .. } = e {
+            from.handle_peer_answer(Timestamp(now), &to_id, frame);
+        }
+    }
+    from.take_effects()
+}
+
+/// An at-least-once subscription at `a` with one unacknowledged notification, on a topic
+/// that ring 2 (a joins b) moves to b; both have ring 2 announced and `a` has handed over.
+/// Returns the nodes, the topic, the event's id and `a`'s effects once b answered.
+fn announced_with_one_unacked() -> (Node<Rec>, Node<Rec>, String, EventId, Vec<Effect>) {
+    let r1 = ring(1, &["a"], 1);
+    let r2 = ring(2, &["a", "b"], 1);
+    let topic = (0..100)
+        .map(|i| format!("t.{i}"))
+        .find(|t| Placement::new(&r2).owner(t).unwrap().id == "b")
+        .unwrap();
+    let mut a = node("a", r1.clone());
+    let mut b = node("b", Ring::empty());
+    b.handle_cluster(Timestamp(0), r1.clone(), Some(r2.clone()));
+    let _ = b.take_effects();
+    let (_, q) = a
+        .handle_subscribe(
+            Timestamp(0),
+            1,
+            sub(1, &topic, DeliveryMode::AtLeastOnce),
+            "".into(),
+            1,
+        )
+        .unwrap();
+    let t = Topic::parse(&topic).unwrap();
+    a.handle_publish(Timestamp(1), t, event(1, &topic), true, 1, Some(1));
+    let _ = a.take_effects();
+    let id = q.items.lock().unwrap()[0].2;
+    a.handle_cluster(Timestamp(2), r1, Some(r2));
+    let effects = a.take_effects();
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Confirm(_))),
+        "no confirmation before b holds what moves"
+    );
+    let frames: Vec<PeerFrame> = effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Peer { to, frame } if to.id == "b" => Some(frame),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.msg, PeerMsg::Unacked { subs, .. } if subs[0].unacked.len() == 1)),
+        "step one carries a copy of the unacked notification: {frames:?}"
+    );
+    let effects = exchange(&mut a, &mut b, frames, 3);
+    (a, b, topic, id, effects)
+}
+
+#[test]
+fn a_handoff_copies_unacked_notifications_to_the_new_owner_before_it_confirms() {
+    let (_a, mut b, topic, id, effects) = announced_with_one_unacked();
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Confirm(2))),
+        "confirmed once b holds the subscription and the copy"
+    );
+    // a dies once ring 2 is active, before its tail: b redelivers the copy to the client
+    // that attaches there, an ack timeout after the activation, not before.
+    b.handle_cluster(Timestamp(10), ring(2, &["a", "b"], 1), None);
+    let (_, q) = b
+        .handle_subscribe(
+            Timestamp(11),
+            9,
+            sub(1, &topic, DeliveryMode::AtLeastOnce),
+            "".into(),
+            2,
+        )
+        .unwrap();
+    b.tick(Timestamp(509));
+    assert!(q.items.lock().unwrap().is_empty(), "held aside until then");
+    assert_eq!(b.next_deadline(), Some(Timestamp(510)));
+    b.tick(Timestamp(510));
+    let items = q.items.lock().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].2, id);
+    assert!(items[0].1, "marked redelivered: it was sent before");
+    assert_eq!(b.stats().redelivered_copies, 1);
+}
+
+#[test]
+fn the_tail_at_activation_replaces_the_copies_with_what_is_still_unacked() {
+    let (mut a, mut b, topic, id, _) = announced_with_one_unacked();
+    // The client acks at a between step one and the activation.
+    a.handle_ack(Timestamp(4), 1, SubscriptionId(1), id);
+    let r2 = ring(2, &["a", "b"], 1);
+    a.handle_cluster(Timestamp(5), r2.clone(), None);
+    b.handle_cluster(Timestamp(5), r2, None);
+    let _ = b.take_effects();
+    let frames = sent_to(&mut a, "b");
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.msg, PeerMsg::Tail { subs, .. } if subs[0].unacked.is_empty())),
+        "an empty tail: nothing is left unacked"
+    );
+    let _ = exchange(&mut a, &mut b, frames, 6);
+    let (_, q) = b
+        .handle_subscribe(
+            Timestamp(7),
+            9,
+            sub(1, &topic, DeliveryMode::AtLeastOnce),
+            "".into(),
+            2,
+        )
+        .unwrap();
+    b.tick(Timestamp(5_000));
+    assert!(
+        q.items.lock().unwrap().is_empty(),
+        "the acked notification is not redelivered"
+    );
+    assert_eq!(b.stats().redelivered_copies, 0);
+}
+
+#[test]
+fn copies_for_an_abandoned_transition_are_dropped() {
+    let (_a, mut b, _, _, _) = announced_with_one_unacked();
+    b.handle_cluster(Timestamp(10), ring(1, &["a"], 1), None);
+    assert!(b.copies.is_empty());
+    assert_eq!(b.stats().subscriptions, 0, "the held subscription too");
+}

@@ -19,6 +19,60 @@ use tracing::{debug, info, warn};
 use super::{placed, Alo, Effect, Node, Outlet, Refusal, Spec, Sub, Token, HANDOFF_CHUNK};
 use std::collections::VecDeque;
 
+/// Copies of another matcher's unacknowledged notifications for a subscription moving here
+/// (step one of a handoff), kept aside, undelivered, until that matcher's tail replaces them.
+#[derive(Debug)]
+pub(super) struct Copies {
+    /// The announced ring they were sent for.
+    version: u64,
+    items: Vec<TailItem>,
+    /// Once that ring is active here: when they are redelivered if no tail has come.
+    due: Option<Timestamp>,
+}
+
+impl Copies {
+    pub(super) fn due(&self) -> Option<Timestamp> {
+        self.due
+    }
+}
+
+/// Per receiver, the unacknowledged notifications of subscriptions that ring `after` does
+/// not place on `me`: an exact topic's go to its owner at `after`, a pattern's to the owner
+/// of each event's topic.
+fn route(
+    me: &str,
+    after: &Placement,
+    collected: Vec<(SubImage, Option<Box<str>>, Vec<TailItem>)>,
+) -> BTreeMap<String, Vec<SubTail>> {
+    let mut tails: BTreeMap<String, Vec<SubTail>> = BTreeMap::new();
+    for (image, topic, items) in collected {
+        let mut per: BTreeMap<String, Vec<TailItem>> = BTreeMap::new();
+        match &topic {
+            Some(t) => {
+                if let Some(owner) = after.owner(t) {
+                    per.insert(owner.id.clone(), items);
+                }
+            }
+            None => {
+                for item in items {
+                    if let Some(owner) = after.owner(&item.event.topic) {
+                        per.entry(owner.id.clone()).or_default().push(item);
+                    }
+                }
+            }
+        }
+        for (to, unacked) in per {
+            if to != me {
+                tails.entry(to).or_default().push(SubTail {
+                    image: image.clone(),
+                    unacked,
+                });
+            }
+        }
+    }
+    tails
+}
+
 impl<Q: Outlet> Node<Q> {
     /// Judges a request made at ring `version` (DESIGN.md, ring epochs): the announced ring
     /// this matcher is handing over to becomes active here when a request names it; a ring
@@ -113,6 +167,7 @@ impl<Q: Outlet> Node<Q> {
                     info!(version = o.version(), "transition abandoned");
                 }
                 self.pending = None;
+                self.copied.clear();
             }
             Some(p) if self.outgoing.as_ref().map(Outgoing::version) == Some(p.version) => {
                 // Announced again (the coordinator link was re-established): confirm again
@@ -121,6 +176,7 @@ impl<Q: Outlet> Node<Q> {
             }
             Some(p) => self.start_handoff(p),
         }
+        self.drop_abandoned_copies();
     }
 
     /// Step one of a transition: everything the announced ring moves away from here (or
@@ -160,11 +216,150 @@ impl<Q: Outlet> Node<Q> {
             }
         }
         self.stats.handed_over += moving as u64;
+        let copied = self.send_copies(ring.version);
         info!(
             version = ring.version,
-            moving, "ring announced; handing over what it moves"
+            moving, copied, "ring announced; handing over what it moves"
         );
         self.maybe_confirm(false);
+    }
+
+    /// Step one for at-least-once notifications: copies of what the subscriptions the
+    /// pending ring moves away from here have not had acknowledged go to their new owners,
+    /// which hold them before the ring activates (this matcher keeps delivering them until
+    /// then; its tail at activation says what is still unacknowledged). Returns how many.
+    fn send_copies(&mut self, version: u64) -> u64 {
+        self.copied.clear();
+        let Some(pending) = &self.pending else {
+            return 0;
+        };
+        let stays = pending.contains(&self.me.id);
+        let now = self.now();
+        let mut collected = Vec::new();
+        for (id, sub) in &self.subs {
+            let Some(alo) = &sub.alo else { continue };
+            if alo.window.is_empty() && alo.backlog.is_empty() {
+                continue;
+            }
+            let moves = match &sub.topic {
+                Some(t) => !pending.is_owner(t, &self.me.id),
+                None => !stays,
+            };
+            if moves {
+                let items = copy_unacked(*id, alo, now);
+                collected.push((self.image(*id, sub, now), sub.topic.clone(), items));
+            }
+        }
+        let tails = route(&self.me.id, pending, collected);
+        let mut copied = 0u64;
+        for (to, subs) in tails {
+            for t in &subs {
+                copied += t.unacked.len() as u64;
+                self.copied
+                    .entry(t.image.id)
+                    .or_default()
+                    .insert(to.clone());
+            }
+            let mut subs = subs.into_iter().peekable();
+            while subs.peek().is_some() {
+                let chunk: Vec<SubTail> = subs.by_ref().take(HANDOFF_CHUNK).collect();
+                let seq = self.next_seq();
+                let msg = PeerMsg::Unacked {
+                    seq,
+                    version,
+                    subs: chunk,
+                };
+                if self.peer_send(&to, msg) {
+                    if let Some(o) = &mut self.outgoing {
+                        o.sent(seq, &to);
+                    }
+                }
+            }
+        }
+        self.stats.copied_unacked += copied;
+        copied
+    }
+
+    /// Copies another matcher sent for a ring that is neither active nor announced any more
+    /// (the transition was abandoned) are dropped.
+    fn drop_abandoned_copies(&mut self) {
+        let active = self.placement.version();
+        let pending = self.pending.as_ref().map(Placement::version);
+        self.copies
+            .retain(|_, c| c.version <= active || Some(c.version) == pending);
+    }
+
+    /// Copies held for ring `version` (now active): redelivered an ack timeout from now
+    /// unless their sender's tail replaces them first.
+    fn copies_due(&mut self, version: u64) {
+        let due = self.now().plus_millis(self.config.ack_timeout_ms);
+        for c in self.copies.values_mut() {
+            if c.version <= version && c.due.is_none() {
+                c.due = Some(due);
+            }
+        }
+    }
+
+    /// Step one at the receiver: copies of `from`'s unacknowledged notifications of
+    /// subscriptions ring `version` moves here, held (their subscriptions too) undelivered.
+    fn take_copies(&mut self, from: &str, version: u64, subs: Vec<SubTail>) {
+        let active = self.placement.version();
+        let hold = (version > active).then_some(version);
+        let due = (version <= active).then(|| self.now().plus_millis(self.config.ack_timeout_ms));
+        for tail in subs {
+            let id = tail.image.id;
+            if !self.subs.contains_key(&id) {
+                if let Err(e) = self.install(tail.image, hold) {
+                    warn!(sub = %id, error = %e.message, "a handed-over subscription was refused");
+                    continue;
+                }
+            }
+            self.copies.insert(
+                (from.to_owned(), id),
+                Copies {
+                    version,
+                    items: tail.unacked,
+                    due,
+                },
+            );
+        }
+    }
+
+    /// Copies whose sender's tail never came (it died after the ring activated): what they
+    /// hold is redelivered here; subscribers drop what they had acknowledged by event id.
+    pub(super) fn redeliver_copies(&mut self, now: Timestamp) {
+        if self.copies.is_empty() {
+            return;
+        }
+        let due: Vec<(String, SubscriptionId)> = self
+            .copies
+            .iter()
+            .filter(|(_, c)| c.due.is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let Some(c) = self.copies.remove(&key) else {
+                continue;
+            };
+            let (from, id) = key;
+            warn!(peer = %from, sub = %id, n = c.items.len(), "no tail came for a handoff: redelivering the copies of its unacknowledged notifications");
+            self.stats.redelivered_copies += c.items.len() as u64;
+            self.deliver_items(id, c.items);
+        }
+    }
+
+    /// Queues handed-over notifications for subscription `id` (it redelivers them).
+    fn deliver_items(&mut self, id: SubscriptionId, items: Vec<TailItem>) {
+        let now = self.now();
+        for item in items {
+            match EncodedEvent::new(&item.event) {
+                Ok(encoded) => {
+                    let encoded = Arc::new(encoded);
+                    self.deliver(now, id, item.event.id, &encoded, item.sent);
+                }
+                Err(e) => warn!(sub = %id, error = %e, "a handed-over event does not encode"),
+            }
+        }
     }
 
     /// Tells the coordinator (through the link) that the handoff is complete, once.
@@ -241,6 +436,8 @@ impl<Q: Outlet> Node<Q> {
         for id in self.incoming.ring(version, pending) {
             self.drop_held(id);
         }
+        self.drop_abandoned_copies();
+        self.copies_due(version);
         let mut keep: Vec<String> = Vec::new();
         for p in std::iter::once(&self.placement).chain(self.pending.as_ref()) {
             for m in p.members() {
@@ -263,7 +460,7 @@ impl<Q: Outlet> Node<Q> {
             .collect();
         moved.sort_unstable();
         let now = self.now();
-        let mut tails: BTreeMap<String, Vec<SubTail>> = BTreeMap::new();
+        let mut collected = Vec::new();
         let mut unacked_moved = 0u64;
         for id in &moved {
             let Some(sub) = self.subs.get(id) else {
@@ -273,27 +470,34 @@ impl<Q: Outlet> Node<Q> {
             let topic = sub.topic.clone();
             let items = self.take_unacked(*id, now);
             unacked_moved += items.len() as u64;
-            // Per receiver, this subscription's share of the tail.
-            let mut per: BTreeMap<String, Vec<TailItem>> = BTreeMap::new();
-            match &topic {
-                Some(t) => {
-                    if let Some(owner) = self.placement.owner(t) {
-                        per.insert(owner.id.clone(), items);
-                    }
+            collected.push((image, topic, items));
+        }
+        let mut tails = route(&self.me.id, &self.placement, collected);
+        // Whoever got copies in step one gets a tail, empty if nothing is left unacknowledged,
+        // so that it lets go of them.
+        let copied = std::mem::take(&mut self.copied);
+        let images: BTreeMap<SubscriptionId, SubImage> = tails
+            .values()
+            .flatten()
+            .map(|t| (t.image.id, t.image.clone()))
+            .chain(
+                moved
+                    .iter()
+                    .filter_map(|id| self.subs.get(id).map(|s| (*id, self.image(*id, s, now)))),
+            )
+            .collect();
+        for (id, receivers) in copied {
+            let Some(image) = images.get(&id) else {
+                continue;
+            };
+            for to in receivers {
+                let list = tails.entry(to).or_default();
+                if !list.iter().any(|t| t.image.id == id) {
+                    list.push(SubTail {
+                        image: image.clone(),
+                        unacked: Vec::new(),
+                    });
                 }
-                None => {
-                    for item in items {
-                        if let Some(owner) = self.placement.owner(&item.event.topic) {
-                            per.entry(owner.id.clone()).or_default().push(item);
-                        }
-                    }
-                }
-            }
-            for (to, unacked) in per {
-                tails.entry(to).or_default().push(SubTail {
-                    image: image.clone(),
-                    unacked,
-                });
             }
         }
         for (to, subs) in tails {
@@ -487,26 +691,19 @@ impl<Q: Outlet> Node<Q> {
         }
     }
 
-    /// The last of a handoff: unacknowledged notifications to redeliver from here.
-    fn take_tail(&mut self, subs: Vec<SubTail>) {
-        let now = self.now();
+    /// The last of a handoff, from `from`: unacknowledged notifications to redeliver from
+    /// here. They replace the copies `from` sent in step one.
+    fn take_tail(&mut self, from: &str, subs: Vec<SubTail>) {
         for tail in subs {
             let id = tail.image.id;
+            self.copies.remove(&(from.to_owned(), id));
             if !self.subs.contains_key(&id) {
                 if let Err(e) = self.install(tail.image, None) {
                     warn!(sub = %id, error = %e.message, "a handed-over subscription was refused");
                     continue;
                 }
             }
-            for item in tail.unacked {
-                match EncodedEvent::new(&item.event) {
-                    Ok(encoded) => {
-                        let encoded = Arc::new(encoded);
-                        self.deliver(now, id, item.event.id, &encoded, item.sent);
-                    }
-                    Err(e) => warn!(sub = %id, error = %e, "a handed-over event does not encode"),
-                }
-            }
+            self.deliver_items(id, tail.unacked);
         }
     }
 
@@ -578,7 +775,11 @@ impl<Q: Outlet> Node<Q> {
                 }
             }
             PeerMsg::Tail { seq, subs } => {
-                self.take_tail(subs);
+                self.take_tail(from, subs);
+                PeerMsg::Acked { seqs: vec![seq] }
+            }
+            PeerMsg::Unacked { seq, version, subs } => {
+                self.take_copies(from, version, subs);
                 PeerMsg::Acked { seqs: vec![seq] }
             }
             PeerMsg::Dispatch { seq, event, .. } => {
@@ -639,4 +840,24 @@ impl<Q: Outlet> Node<Q> {
             _ => {}
         }
     }
+}
+
+/// Copies of an at-least-once subscription's unacknowledged notifications (sent, or waiting
+/// for room), oldest first, left in place.
+fn copy_unacked(id: SubscriptionId, alo: &Alo, now: Timestamp) -> Vec<TailItem> {
+    let sent = alo.window.peek_all().map(|(_, e, due)| (e, true, due));
+    let waiting = alo.backlog.iter().map(|(_, e)| (e, false, now));
+    sent.chain(waiting)
+        .filter_map(|(e, sent, due)| match e.decode() {
+            Ok(event) => Some(TailItem {
+                event,
+                sent,
+                due_in_ms: due.0.saturating_sub(now.0),
+            }),
+            Err(err) => {
+                warn!(sub = %id, error = %err, "an unacked notification does not decode");
+                None
+            }
+        })
+        .collect()
 }
