@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use sift_protocol::frame::{Frame, RingMember};
+use sift_protocol::frame::{ErrorCode, Frame, RingMember};
 use sift_protocol::net::{FrameReader, FrameWriter};
 use sift_protocol::peer::{PeerFrame, PeerMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, error, warn, Instrument};
 
 use crate::core::Input;
 
@@ -144,6 +144,45 @@ async fn run(setup: PeerSetup, to: RingMember, mut rx: mpsc::UnboundedReceiver<P
     }
 }
 
+/// Adds `frame` to the pending write and keeps it until answered. One that cannot be encoded
+/// (larger than a frame) is dropped and reported to the core as refused, so that nothing waits
+/// for it and the link goes on.
+async fn push(
+    setup: &PeerSetup,
+    to: &RingMember,
+    w: &mut FrameWriter,
+    unanswered: &mut BTreeMap<u64, PeerFrame>,
+    frame: PeerFrame,
+) -> Result<(), PeerLinkError> {
+    match w.push(&Frame::Peer(frame.clone())) {
+        Ok(()) => {
+            keep(unanswered, frame);
+            Ok(())
+        }
+        Err(sift_protocol::net::NetError::Encode(e)) => {
+            error!(peer = %to.id, error = %e, "a peer message does not fit in a frame; dropped");
+            if let Some(seq) = seq_of(&frame.msg) {
+                unanswered.remove(&seq);
+                let refused = PeerFrame {
+                    epoch: frame.epoch,
+                    msg: PeerMsg::Refused {
+                        seq,
+                        code: ErrorCode::FrameTooLarge,
+                        message: e.to_string(),
+                    },
+                };
+                let input = Input::PeerAnswer {
+                    from: to.id.clone(),
+                    frame: refused,
+                };
+                let _ = setup.core.send(input).await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn keep(unanswered: &mut BTreeMap<u64, PeerFrame>, frame: PeerFrame) {
     if let Some(seq) = seq_of(&frame.msg) {
         unanswered.insert(seq, frame);
@@ -176,20 +215,19 @@ async fn session(
         other => return Err(PeerLinkError::Refused(format!("unexpected {other:?}"))),
     }
     // What the last session left unanswered, in order.
-    for frame in unanswered.values() {
-        w.push(&Frame::Peer(frame.clone()))?;
+    let again: Vec<PeerFrame> = unanswered.values().cloned().collect();
+    for frame in again {
+        push(setup, to, &mut w, unanswered, frame).await?;
     }
     w.flush().await?;
     loop {
         tokio::select! {
             f = rx.recv() => {
                 let Some(f) = f else { return Ok(()) };
-                w.push(&Frame::Peer(f.clone()))?;
-                keep(unanswered, f);
+                push(setup, to, &mut w, unanswered, f).await?;
                 // Take what else is waiting into the same write.
                 while let Ok(f) = rx.try_recv() {
-                    w.push(&Frame::Peer(f.clone()))?;
-                    keep(unanswered, f);
+                    push(setup, to, &mut w, unanswered, f).await?;
                 }
                 w.flush().await?;
             }

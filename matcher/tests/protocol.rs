@@ -452,6 +452,93 @@ async fn requests_for_another_matchers_topic_get_not_owner() {
 }
 
 #[tokio::test]
+async fn peer_frames_are_taken_only_from_cluster_members_with_the_cluster_token() {
+    let ca = CertAuthority::generate("test CA").unwrap();
+    let cert = ca.issue(&["localhost".into()]).unwrap();
+    let token = "cluster-s3cret";
+    let coordinator = Coordinator::start(
+        CoordinatorConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            token: Some(token.into()),
+            ..CoordinatorConfig::default()
+        },
+        server_config(&cert, None).unwrap(),
+    )
+    .unwrap();
+    let mut ring = coordinator.watch();
+    let mut config = MatcherConfig::for_test("a");
+    config.coordinator = Some((coordinator.local_addr().unwrap(), "localhost".into()));
+    config.coordinator_token = Some(token.into());
+    let matcher = Matcher::start(
+        config,
+        server_config(&cert, None).unwrap(),
+        Some(client_config(&ca.cert_pem, None).unwrap()),
+    )
+    .unwrap();
+    let client = client_endpoint(client_config(&ca.cert_pem, None).unwrap()).unwrap();
+    let run = async {
+        let ring = ring
+            .wait_for(|r| r.members.len() == 1)
+            .await
+            .unwrap()
+            .clone();
+        // A handoff that would install a subscription at ring `ring.version + 1`.
+        let handoff = Frame::Peer(sift_protocol::peer::PeerFrame {
+            epoch: ring.version,
+            msg: sift_protocol::peer::PeerMsg::Handoff {
+                seq: 1,
+                version: ring.version + 1,
+                subs: vec![sift_protocol::peer::SubImage {
+                    id: SubscriptionId(42),
+                    pattern: "stolen".into(),
+                    filter: String::new(),
+                    group: None,
+                    mode: DeliveryMode::AtMostOnce,
+                    expiry: ExpirySpec::LeaseMs(LEASE_DEFAULT_MS),
+                    remaining_ms: LEASE_DEFAULT_MS,
+                }],
+                gone: Vec::new(),
+            },
+        });
+        let addr = matcher.local_addr().unwrap();
+        // Without PeerHello.
+        let mut c = Raw::connect(&client, addr).await;
+        let Frame::Error(e) = c.call(handoff.clone()).await else {
+            panic!("a peer frame from a client was taken")
+        };
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        // With a wrong cluster token, and with none.
+        for presented in [Some("guess".to_owned()), None] {
+            let mut d = Raw::connect(&client, addr).await;
+            let Frame::Error(e) = d
+                .call(Frame::PeerHello {
+                    req: 1,
+                    node: "m-evil".into(),
+                    token: presented,
+                })
+                .await
+            else {
+                panic!("PeerHello without the cluster token was accepted")
+            };
+            assert_eq!(e.code, ErrorCode::Unauthorized);
+            let Frame::Error(e) = d.call(handoff.clone()).await else {
+                panic!("a peer frame after a refused PeerHello was taken")
+            };
+            assert_eq!(e.code, ErrorCode::Unauthorized);
+        }
+        // The matcher installed nothing and still serves.
+        assert_eq!(matcher.stats().await.unwrap().subscriptions, 0);
+        assert!(matches!(
+            c.subscribe(1, "t.*", DeliveryMode::AtMostOnce).await,
+            Frame::Subscribed { .. }
+        ));
+    };
+    tokio::time::timeout(LIMIT, run).await.unwrap();
+    matcher.shutdown().await;
+    coordinator.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_vanishing_mid_frame_loses_its_subscriptions_and_others_go_on() {
     let s = standalone(|_| {});
     let run = async {

@@ -224,20 +224,92 @@ pub fn gap_around(subs: &[SubscriberHistory], at_ms: u64, window_ms: u64) -> u64
         .flat_map(|s| s.deliveries.iter().map(|d| d.at_ms))
         .collect();
     times.sort_unstable();
-    let end = at_ms + window_ms;
+    gap_in(&times, at_ms, at_ms + window_ms)
+}
+
+/// The longest stretch between consecutive `times` (sorted) that overlaps `[from, to]`.
+fn gap_in(times: &[u64], from: u64, to: u64) -> u64 {
     // The deliveries just before and after the window bound it.
-    let before = times.iter().rev().find(|&&t| t <= at_ms).copied();
-    let mut prev = before.unwrap_or(at_ms);
+    let after = times.partition_point(|&t| t <= from);
+    let mut prev = if after > 0 { times[after - 1] } else { from };
     let mut gap = 0;
-    for &t in times.iter().filter(|&&t| t > at_ms) {
+    for &t in &times[after..] {
         gap = gap.max(t - prev);
         prev = t;
-        if t >= end {
+        if t >= to {
             return gap;
         }
     }
     // Nothing after the window's end: the gap runs at least to its end.
-    gap.max(end.saturating_sub(prev))
+    gap.max(to.saturating_sub(prev))
+}
+
+/// How long each topic's deliveries paused in each window `[from, to]`: per window, one
+/// value per (unit, topic) — the longest stretch without a delivery of that topic's events
+/// to that unit overlapping the window, in ms. Filtered units are left out (the gaps between
+/// the events they select are the filter's, not the cluster's), and so are (unit, topic)
+/// pairs with fewer than `min_deliveries` deliveries over the run (too sparse to pause).
+pub fn topic_pauses(
+    publishes: &[PublishRecord],
+    subs: &[SubscriberHistory],
+    windows: &[(u64, u64)],
+    min_deliveries: usize,
+) -> Vec<Vec<u64>> {
+    let topic_of: HashMap<EventId, &str> =
+        publishes.iter().map(|p| (p.id, p.topic.as_str())).collect();
+    let mut series: BTreeMap<(&str, &str), Vec<u64>> = BTreeMap::new();
+    for s in subs.iter().filter(|s| s.k_in.is_none()) {
+        for d in &s.deliveries {
+            if let Some(t) = topic_of.get(&d.id) {
+                series.entry((&s.unit, t)).or_default().push(d.at_ms);
+            }
+        }
+    }
+    for times in series.values_mut() {
+        times.sort_unstable();
+    }
+    series.retain(|_, times| times.len() >= min_deliveries);
+    windows
+        .iter()
+        .map(|&(from, to)| {
+            series
+                .values()
+                .filter(|times| times.first().is_some_and(|&f| f <= from))
+                .map(|times| gap_in(times, from, to))
+                .collect()
+        })
+        .collect()
+}
+
+/// A distribution's median, 99th percentile (nearest rank) and maximum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Values it was taken over.
+    pub n: usize,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Spread {
+    /// The spread of `values` (`None` when there are none).
+    pub fn of(values: impl IntoIterator<Item = u64>) -> Option<Spread> {
+        let mut v: Vec<u64> = values.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Spread {
+            n: v.len(),
+            p50: rank(0.5),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        })
+    }
 }
 
 #[cfg(test)]

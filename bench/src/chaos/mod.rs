@@ -179,6 +179,21 @@ pub struct FaultRecord {
     pub detail: String,
     /// The longest stretch without any delivery around it, in ms.
     pub gap_ms: u64,
+    /// The longest pause of one topic's deliveries to one subscription (or group) in the
+    /// fault's window (from the fault to 2 s after it was over), in ms.
+    #[serde(default)]
+    pub topic_pause_ms: u64,
+}
+
+/// How long topics' deliveries paused, per (subscription or group, topic) and window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TopicPauses {
+    /// Around joins, drains, removals and SIGTERM drains (the handoffs).
+    pub handoffs: Option<history::Spread>,
+    /// Around the other faults (kills, pauses, partitions, coordinator kills).
+    pub other_faults: Option<history::Spread>,
+    /// In windows of the same length with no fault (the box's own jitter).
+    pub quiet: Option<history::Spread>,
 }
 
 /// A run's outcome.
@@ -211,6 +226,9 @@ pub struct ChaosReport {
     pub delivered: usize,
     /// Deliveries per 100 ms.
     pub timeline: Vec<u64>,
+    /// Per-topic delivery pauses around faults and in quiet windows.
+    #[serde(default)]
+    pub topic_pauses: TopicPauses,
 }
 
 /// One subscription the harness holds.
@@ -327,6 +345,7 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
             .max(f.until_ms);
         faults_out[i].gap_ms = history::gap_around(&histories, f.at_ms, next - f.at_ms);
     }
+    let topic_pauses = pauses(&publishes, &histories, &mut faults_out, until);
     let report = ChaosReport {
         seed: config.seed,
         matchers: config.matchers,
@@ -344,11 +363,60 @@ pub async fn run_chaos(config: &ChaosConfig) -> Result<ChaosReport> {
             .collect(),
         timeline: history::timeline(&histories, 100, until),
         verdict,
+        topic_pauses,
     };
     report::write(&config.dir, &report)?;
     let raw = serde_json::json!({ "publishes": publishes, "subscribers": histories });
     std::fs::write(config.dir.join("chaos-histories.json"), raw.to_string())?;
     Ok(report)
+}
+
+/// How long after a fault is over its window for per-topic pauses lasts (a join's handoff
+/// happens after the process started; a drain's clients move after the ring changed).
+const PAUSE_WINDOW_AFTER_MS: u64 = 2_000;
+
+/// Per-topic pauses in each fault's window (written into `faults`) and, as a baseline, in
+/// windows of the same length between them with no fault running.
+fn pauses(
+    publishes: &[PublishRecord],
+    histories: &[SubscriberHistory],
+    faults: &mut [FaultRecord],
+    until: u64,
+) -> TopicPauses {
+    let mut windows = Vec::new();
+    let mut quiet = Vec::new();
+    // Before the first fault, once subscriptions are flowing.
+    let mut free_from = 1_000u64;
+    for (i, f) in faults.iter().enumerate() {
+        let next = faults.get(i + 1).map_or(until, |n| n.at_ms);
+        if f.at_ms >= free_from + 500 {
+            quiet.push((free_from, f.at_ms.min(free_from + PAUSE_WINDOW_AFTER_MS)));
+        }
+        let end = (f.until_ms.max(f.at_ms) + PAUSE_WINDOW_AFTER_MS).min(next.max(f.at_ms + 1));
+        windows.push((f.at_ms, end));
+        free_from = end;
+    }
+    if until >= free_from + 500 {
+        quiet.push((free_from, until.min(free_from + PAUSE_WINDOW_AFTER_MS)));
+    }
+    // Pairs with fewer than 100 deliveries over the run are too sparse to measure a pause.
+    let per_fault = history::topic_pauses(publishes, histories, &windows, 100);
+    let per_quiet = history::topic_pauses(publishes, histories, &quiet, 100);
+    let mut handoffs = Vec::new();
+    let mut other = Vec::new();
+    for (f, p) in faults.iter_mut().zip(&per_fault) {
+        f.topic_pause_ms = p.iter().copied().max().unwrap_or(0);
+        let handoff = matches!(
+            f.kind,
+            FaultKind::Join | FaultKind::Drain | FaultKind::Remove | FaultKind::Term
+        );
+        if handoff { &mut handoffs } else { &mut other }.extend(p.iter().copied());
+    }
+    TopicPauses {
+        handoffs: history::Spread::of(handoffs),
+        other_faults: history::Spread::of(other),
+        quiet: history::Spread::of(per_quiet.into_iter().flatten()),
+    }
 }
 
 struct Histories {
@@ -667,6 +735,7 @@ async fn drive(
             target,
             detail,
             gap_ms: 0,
+            topic_pause_ms: 0,
         });
     }
     let now = start.elapsed();

@@ -65,19 +65,43 @@ pub fn markdown(r: &ChaosReport) -> String {
     }
     let _ = writeln!(
         s,
-        "| at (s) | fault | target | what happened | delivery gap (ms) |"
+        "| at (s) | fault | target | what happened | delivery gap (ms) | longest topic pause (ms) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for f in &r.faults {
         let _ = writeln!(
             s,
-            "| {:.1} | {} | {} | {} | {} |",
+            "| {:.1} | {} | {} | {} | {} | {} |",
             f.at_ms as f64 / 1000.0,
             f.kind,
             f.target,
             f.detail,
-            f.gap_ms
+            f.gap_ms,
+            f.topic_pause_ms
         );
+    }
+    let p = &r.topic_pauses;
+    let _ = writeln!(
+        s,
+        "\nPer-topic pauses (the longest stretch without a delivery of one topic's events to one subscription or group, per window; filtered subscriptions left out), ms:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| windows | (subscription, topic) × window | p50 | p99 | max |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (name, spread) in [
+        ("handoffs (join, drain, remove, term)", p.handoffs),
+        ("other faults", p.other_faults),
+        ("quiet (no fault)", p.quiet),
+    ] {
+        if let Some(x) = spread {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {} |",
+                x.n, x.p50, x.p99, x.max
+            );
+        }
     }
     let _ = writeln!(
         s,

@@ -135,3 +135,33 @@ fn a_delivery_of_an_event_whose_publish_failed_is_unknown_not_spurious() {
     );
     assert_eq!((v.unknown, v.spurious, v.missing), (1, 0, 0));
 }
+
+#[test]
+fn a_pause_of_one_topic_at_one_unit_is_found_in_its_window_only() {
+    // Topics a.x and a.y, one event each every 10 ms from 0 to 990 ms; subscription "x"
+    // takes a.x, "all" takes a.* — except that a.y reaches "all" nothing from 400 to 700 ms.
+    let mut publishes = Vec::new();
+    let (mut x, mut all) = (Vec::new(), Vec::new());
+    for i in 0..100u64 {
+        let t = i * 10;
+        publishes.push(publish(1, 2 * i, "a.x", t, Some(t)));
+        publishes.push(publish(1, 2 * i + 1, "a.y", t, Some(t)));
+        x.push((1, 2 * i, t + 1));
+        all.push((1, 2 * i, t + 1));
+        if !(400..700).contains(&t) {
+            all.push((1, 2 * i + 1, t + 2));
+        }
+    }
+    let mut filtered = sub("f", "a.*", 0, &[(1, 1, 2), (1, 199, 992)]);
+    filtered.k_in = Some(vec![1]);
+    let subs = [sub("x", "a.x", 0, &x), sub("all", "a.*", 0, &all), filtered];
+    let p = topic_pauses(&publishes, &subs, &[(100, 300), (450, 500), (800, 900)], 10);
+    // (all, a.x), (all, a.y), (x, a.x); the filtered one is left out.
+    assert_eq!(p[0], vec![10, 10, 10]);
+    assert_eq!(p[1], vec![10, 310, 10], "the a.y pause at 'all', whole");
+    assert_eq!(p[2], vec![10, 10, 10]);
+    let s = Spread::of(p.into_iter().flatten()).unwrap();
+    assert_eq!((s.n, s.p50, s.max), (9, 10, 310));
+    assert_eq!(Spread::of([]), None);
+    assert_eq!(Spread::of(1..=100).unwrap().p99, 99);
+}

@@ -427,6 +427,9 @@ pub struct Node<Q> {
     /// Copies of other matchers' unacknowledged notifications for subscriptions moving here,
     /// by (sender, subscription), until the sender's tail replaces them.
     copies: BTreeMap<(String, SubscriptionId), transition::Copies>,
+    /// Members that left the ring lately (newest last), still reachable for what is owed to
+    /// them: a drained matcher that still runs holds replicated events until released.
+    departed: VecDeque<RingMember>,
     /// Which matchers got copies of each subscription's unacknowledged notifications for
     /// `pending` (each gets a tail at activation, even an empty one, to let go of them).
     copied: BTreeMap<SubscriptionId, BTreeSet<String>>,
@@ -515,6 +518,7 @@ impl<Q: Outlet> Node<Q> {
             outgoing: None,
             incoming: Incoming::new(),
             copies: BTreeMap::new(),
+            departed: VecDeque::new(),
             copied: BTreeMap::new(),
             seq: 0,
             stale_floor: None,

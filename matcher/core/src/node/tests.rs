@@ -6,7 +6,8 @@
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use sift_protocol::peer::PeerMsg;
+use sift_protocol::frame::Frame;
+use sift_protocol::peer::{PeerMsg, SubImage, SubTail, TailItem};
 use sift_protocol::{Attributes, PublisherId};
 
 use super::*;
@@ -469,7 +470,17 @@ fn announced_with_one_unacked() -> (Node<Rec>, Node<Rec>, String, EventId, Vec<E
             .any(|f| matches!(&f.msg, PeerMsg::Unacked { subs, .. } if subs[0].unacked.len() == 1)),
         "step one carries a copy of the unacked notification: {frames:?}"
     );
-    let effects = exchange(&mut a, &mut b, frames, 3);
+    // b takes and answers the handoff of the subscription: not enough to confirm.
+    let (handoffs, copies): (Vec<PeerFrame>, Vec<PeerFrame>) = frames
+        .into_iter()
+        .partition(|f| matches!(f.msg, PeerMsg::Handoff { .. }));
+    assert_eq!((handoffs.len(), copies.len()), (1, 1));
+    let effects = exchange(&mut a, &mut b, handoffs, 3);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Confirm(_))),
+        "not confirmed while the copies are unanswered"
+    );
+    let effects = exchange(&mut a, &mut b, copies, 3);
     (a, b, topic, id, effects)
 }
 
@@ -481,7 +492,7 @@ fn a_handoff_copies_unacked_notifications_to_the_new_owner_before_it_confirms() 
         "confirmed once b holds the subscription and the copy"
     );
     // a dies once ring 2 is active, before its tail: b redelivers the copy to the client
-    // that attaches there, an ack timeout after the activation, not before.
+    // that attaches there, 5 s (at least an ack timeout) after the activation, not before.
     b.handle_cluster(Timestamp(10), ring(2, &["a", "b"], 1), None);
     let (_, q) = b
         .handle_subscribe(
@@ -492,10 +503,10 @@ fn a_handoff_copies_unacked_notifications_to_the_new_owner_before_it_confirms() 
             2,
         )
         .unwrap();
-    b.tick(Timestamp(509));
+    b.tick(Timestamp(5_009));
     assert!(q.items.lock().unwrap().is_empty(), "held aside until then");
-    assert_eq!(b.next_deadline(), Some(Timestamp(510)));
-    b.tick(Timestamp(510));
+    assert_eq!(b.next_deadline(), Some(Timestamp(5_010)));
+    b.tick(Timestamp(5_010));
     let items = q.items.lock().unwrap().clone();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].2, id);
@@ -529,7 +540,7 @@ fn the_tail_at_activation_replaces_the_copies_with_what_is_still_unacked() {
             2,
         )
         .unwrap();
-    b.tick(Timestamp(5_000));
+    b.tick(Timestamp(20_000));
     assert!(
         q.items.lock().unwrap().is_empty(),
         "the acked notification is not redelivered"
@@ -543,4 +554,229 @@ fn copies_for_an_abandoned_transition_are_dropped() {
     b.handle_cluster(Timestamp(10), ring(1, &["a"], 1), None);
     assert!(b.copies.is_empty());
     assert_eq!(b.stats().subscriptions, 0, "the held subscription too");
+}
+
+#[test]
+fn copies_sent_again_after_the_activation_are_ignored() {
+    let r1 = ring(1, &["a"], 1);
+    let r2 = ring(2, &["a", "b"], 1);
+    let topic = (0..100)
+        .map(|i| format!("t.{i}"))
+        .find(|t| Placement::new(&r2).owner(t).unwrap().id == "b")
+        .unwrap();
+    let mut a = node("a", r1.clone());
+    let mut b = node("b", Ring::empty());
+    b.handle_cluster(Timestamp(0), r1.clone(), Some(r2.clone()));
+    a.handle_subscribe(
+        Timestamp(0),
+        1,
+        sub(1, &topic, DeliveryMode::AtLeastOnce),
+        "".into(),
+        1,
+    )
+    .unwrap();
+    a.handle_publish(
+        Timestamp(1),
+        Topic::parse(&topic).unwrap(),
+        event(1, &topic),
+        true,
+        1,
+        Some(1),
+    );
+    let _ = a.take_effects();
+    a.handle_cluster(Timestamp(2), r1, Some(r2.clone()));
+    let copies: Vec<PeerFrame> = sent_to(&mut a, "b")
+        .into_iter()
+        .filter(|f| matches!(f.msg, PeerMsg::Unacked { .. }))
+        .collect();
+    b.handle_cluster(Timestamp(3), r2, None);
+    let _ = exchange(&mut a, &mut b, copies, 4);
+    assert!(b.copies.is_empty(), "a resend for an active ring");
+}
+
+#[test]
+fn a_pattern_subscription_leaving_with_a_drained_matcher_lets_its_copies_go() {
+    let r1 = ring(1, &["a", "b"], 1);
+    let r2 = ring(2, &["b"], 1);
+    // A topic of a's at ring 1.
+    let topic = (0..100)
+        .map(|i| format!("t.{i}"))
+        .find(|t| Placement::new(&r1).owner(t).unwrap().id == "a")
+        .unwrap();
+    let mut a = node("a", r1.clone());
+    let mut b = node("b", r1.clone());
+    // The client's pattern subscription, at both (the SDK places a pattern everywhere).
+    let (_, qa) = a
+        .handle_subscribe(
+            Timestamp(0),
+            1,
+            sub(5, "t.*", DeliveryMode::AtLeastOnce),
+            "".into(),
+            1,
+        )
+        .unwrap();
+    let (_, qb) = b
+        .handle_subscribe(
+            Timestamp(0),
+            2,
+            sub(5, "t.*", DeliveryMode::AtLeastOnce),
+            "".into(),
+            1,
+        )
+        .unwrap();
+    a.handle_publish(
+        Timestamp(1),
+        Topic::parse(&topic).unwrap(),
+        event(1, &topic),
+        true,
+        1,
+        Some(1),
+    );
+    let _ = a.take_effects();
+    let id = qa.items.lock().unwrap()[0].2;
+    // a drains: ring 2 without it. Its pattern copy's unacked event goes to b, the topic's
+    // next owner, as a copy.
+    b.handle_cluster(Timestamp(2), r1.clone(), Some(r2.clone()));
+    let _ = b.take_effects();
+    a.handle_cluster(Timestamp(2), r1, Some(r2.clone()));
+    let copies: Vec<PeerFrame> = sent_to(&mut a, "b");
+    assert!(copies
+        .iter()
+        .any(|f| matches!(&f.msg, PeerMsg::Unacked { subs, .. } if subs[0].unacked.len() == 1)));
+    let _ = exchange(&mut a, &mut b, copies, 3);
+    assert_eq!(b.copies.len(), 1);
+    // The client acks at a; then ring 2 is active. Nothing is left unacked at a, and still
+    // b gets a tail (empty) for the pattern subscription: it lets go of the copy.
+    a.handle_ack(Timestamp(4), 1, SubscriptionId(5), id);
+    a.handle_cluster(Timestamp(5), r2.clone(), None);
+    b.handle_cluster(Timestamp(5), r2, None);
+    let _ = b.take_effects();
+    let tails = sent_to(&mut a, "b");
+    assert!(
+        tails
+            .iter()
+            .any(|f| matches!(&f.msg, PeerMsg::Tail { subs, .. } if subs.len() == 1 && subs[0].unacked.is_empty())),
+        "{tails:?}"
+    );
+    let _ = exchange(&mut a, &mut b, tails, 6);
+    assert!(b.copies.is_empty());
+    b.tick(Timestamp(20_000));
+    assert!(
+        qb.items.lock().unwrap().is_empty(),
+        "the acked event is not redelivered by b"
+    );
+}
+
+#[test]
+fn a_holder_that_left_the_ring_still_gets_its_releases() {
+    // R = 2: a dispatches a topic that b holds; b is drained (ring 2 has a and c) but runs
+    // on, holding the event. Once the subscriber acks, a releases it at b, not nobody.
+    let r1 = ring(1, &["a", "b"], 2);
+    let r2 = ring(2, &["a", "c"], 2);
+    let topic = (0..200)
+        .map(|i| format!("t.{i}"))
+        .find(|t| {
+            Placement::new(&r1).owner(t).unwrap().id == "a"
+                && Placement::new(&r2).owner(t).unwrap().id == "a"
+        })
+        .unwrap();
+    let mut a = node("a", r1.clone());
+    let (_, q) = a
+        .handle_subscribe(
+            Timestamp(0),
+            1,
+            sub(1, &topic, DeliveryMode::AtLeastOnce),
+            "".into(),
+            1,
+        )
+        .unwrap();
+    a.handle_publish(
+        Timestamp(1),
+        Topic::parse(&topic).unwrap(),
+        event(1, &topic),
+        true,
+        1,
+        Some(1),
+    );
+    let hold = sent_to(&mut a, "b");
+    assert!(hold.iter().any(|f| matches!(f.msg, PeerMsg::Hold { .. })));
+    a.handle_cluster(Timestamp(2), r2, None);
+    let _ = a.take_effects();
+    let id = q.items.lock().unwrap()[0].2;
+    a.handle_ack(Timestamp(3), 1, SubscriptionId(1), id);
+    let release = sent_to(&mut a, "b");
+    assert!(
+        release
+            .iter()
+            .any(|f| matches!(&f.msg, PeerMsg::Release { ids } if ids == &vec![id])),
+        "{release:?}"
+    );
+}
+
+#[test]
+fn tails_are_split_by_bytes_and_keep_every_notification_in_order() {
+    let image = |id: u64| SubImage {
+        id: SubscriptionId(id),
+        pattern: "t".into(),
+        filter: String::new(),
+        group: None,
+        mode: DeliveryMode::AtLeastOnce,
+        expiry: sift_protocol::frame::ExpirySpec::LeaseMs(30_000),
+        remaining_ms: 30_000,
+    };
+    let item = |seq: u64, bytes: usize| {
+        let mut e = event(seq, "t");
+        e.payload = Bytes::from(vec![0u8; bytes]);
+        TailItem {
+            event: e,
+            sent: true,
+            due_in_ms: 0,
+        }
+    };
+    // One subscription with 10 events of 200 KiB, one with none, one with a 1 MiB event.
+    let subs = vec![
+        SubTail {
+            image: image(1),
+            unacked: (0..10).map(|s| item(s, 200 * 1024)).collect(),
+        },
+        SubTail {
+            image: image(2),
+            unacked: Vec::new(),
+        },
+        SubTail {
+            image: image(3),
+            unacked: vec![item(99, 1024 * 1024)],
+        },
+    ];
+    let chunks = transition::chunk_tails(subs);
+    for c in &chunks {
+        let bytes: usize = c
+            .iter()
+            .flat_map(|t| &t.unacked)
+            .map(|i| i.event.payload.len())
+            .sum();
+        let n: usize = c.iter().map(|t| t.unacked.len()).sum();
+        assert!(n == 1 || bytes <= 512 * 1024, "{n} events, {bytes} B");
+        let frame = Frame::Peer(PeerFrame {
+            epoch: 1,
+            msg: PeerMsg::Tail {
+                seq: 1,
+                subs: c.clone(),
+            },
+        });
+        sift_protocol::codec::encode_to_vec(&frame, sift_protocol::limits::FRAME_BYTES_MAX)
+            .expect("every message fits in a frame");
+    }
+    let flat: Vec<(u64, u64)> = chunks
+        .iter()
+        .flatten()
+        .flat_map(|t| t.unacked.iter().map(|i| (t.image.id.0, i.event.id.seq)))
+        .collect();
+    let want: Vec<(u64, u64)> = (0..10).map(|s| (1, s)).chain([(3, 99)]).collect();
+    assert_eq!(flat, want);
+    assert!(
+        chunks.iter().flatten().any(|t| t.image.id.0 == 2),
+        "the empty one is there"
+    );
+    assert!(chunks.len() >= 5);
 }

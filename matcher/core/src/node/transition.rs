@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hashbrown::HashSet;
+
 use crate::delivery::AckWindow;
 use crate::handoff::{self, Epoch, Outgoing};
 use crate::{NewSubscription, Timestamp};
@@ -13,7 +15,7 @@ use sift_protocol::frame::{EndReason, ErrorCode, Ring, RingMember};
 use sift_protocol::peer::{PeerFrame, PeerMsg, SubImage, SubTail, TailItem};
 use sift_protocol::ring::Placement;
 use sift_protocol::DeliveryMode;
-use sift_protocol::{Event, Filter, Pattern, SubscriptionId, Topic};
+use sift_protocol::{Event, EventId, Filter, Pattern, SubscriptionId, Topic};
 use tracing::{debug, info, warn};
 
 use super::{placed, Alo, Effect, Node, Outlet, Refusal, Spec, Sub, Token, HANDOFF_CHUNK};
@@ -26,8 +28,62 @@ pub(super) struct Copies {
     /// The announced ring they were sent for.
     version: u64,
     items: Vec<TailItem>,
+    /// Their events' ids (a message sent again adds nothing).
+    ids: HashSet<EventId>,
     /// Once that ring is active here: when they are redelivered if no tail has come.
     due: Option<Timestamp>,
+}
+
+/// How long after a ring's activation copies wait for their sender's tail before they are
+/// redelivered (at least an ack timeout): a live sender's tail can trail the activation by
+/// its link's reconnect backoff and the messages queued before it.
+const COPIES_WAIT_MS: u64 = 5_000;
+
+/// Members that left the ring remembered (for releases of events they hold).
+const DEPARTED_MAX: usize = 64;
+
+/// Encoded event bytes per `Unacked` or `Tail` message (a frame holds 1.5 MiB; one event of
+/// up to 1 MiB goes alone).
+const TAIL_BYTES: usize = 512 * 1024;
+
+/// Splits tails into messages of at most [`TAIL_BYTES`] of events and [`HANDOFF_CHUNK`]
+/// subscriptions; a subscription with more than that is split across messages.
+pub(super) fn chunk_tails(subs: Vec<SubTail>) -> Vec<Vec<SubTail>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<SubTail> = Vec::new();
+    // Event bytes in `cur` and `part`.
+    let mut bytes = 0usize;
+    for SubTail { image, unacked } in subs {
+        let mut part = Vec::new();
+        for item in unacked {
+            let n = EncodedEvent::new(&item.event).map_or(0, |e| e.len());
+            if bytes > 0 && bytes + n > TAIL_BYTES {
+                // This message is full: it closes with this subscription's share so far.
+                if !part.is_empty() {
+                    cur.push(SubTail {
+                        image: image.clone(),
+                        unacked: std::mem::take(&mut part),
+                    });
+                }
+                out.push(std::mem::take(&mut cur));
+                bytes = 0;
+            }
+            bytes += n;
+            part.push(item);
+        }
+        cur.push(SubTail {
+            image,
+            unacked: part,
+        });
+        if cur.len() >= HANDOFF_CHUNK {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 impl Copies {
@@ -108,10 +164,12 @@ impl<Q: Outlet> Node<Q> {
         self.seq
     }
 
-    /// A member of the active or the announced ring, by id.
+    /// A member of the active or the announced ring (or one that left lately), by id.
     fn member(&self, id: &str) -> Option<RingMember> {
         let find = |p: &Placement| p.members().iter().find(|m| m.id == id).cloned();
-        find(&self.placement).or_else(|| self.pending.as_ref().and_then(find))
+        find(&self.placement)
+            .or_else(|| self.pending.as_ref().and_then(find))
+            .or_else(|| self.departed.iter().rev().find(|m| m.id == id).cloned())
     }
 
     /// Sends `msg` to matcher `to`; false if there is no way to (no such member, no links).
@@ -238,7 +296,8 @@ impl<Q: Outlet> Node<Q> {
         let mut collected = Vec::new();
         for (id, sub) in &self.subs {
             let Some(alo) = &sub.alo else { continue };
-            if alo.window.is_empty() && alo.backlog.is_empty() {
+            let aside = !self.copies.is_empty() && self.copies.keys().any(|(_, s)| s == id);
+            if alo.window.is_empty() && alo.backlog.is_empty() && !aside {
                 continue;
             }
             let moves = match &sub.topic {
@@ -246,7 +305,8 @@ impl<Q: Outlet> Node<Q> {
                 None => !stays,
             };
             if moves {
-                let items = copy_unacked(*id, alo, now);
+                let mut items = copy_unacked(*id, alo, now);
+                self.aside_for(*id, &mut items);
                 collected.push((self.image(*id, sub, now), sub.topic.clone(), items));
             }
         }
@@ -260,9 +320,7 @@ impl<Q: Outlet> Node<Q> {
                     .or_default()
                     .insert(to.clone());
             }
-            let mut subs = subs.into_iter().peekable();
-            while subs.peek().is_some() {
-                let chunk: Vec<SubTail> = subs.by_ref().take(HANDOFF_CHUNK).collect();
+            for chunk in chunk_tails(subs) {
                 let seq = self.next_seq();
                 let msg = PeerMsg::Unacked {
                     seq,
@@ -285,43 +343,91 @@ impl<Q: Outlet> Node<Q> {
     fn drop_abandoned_copies(&mut self) {
         let active = self.placement.version();
         let pending = self.pending.as_ref().map(Placement::version);
+        // Copies armed at an activation wait for their tail; unarmed ones are for the ring
+        // being activated or the announced one; any other ring's were superseded.
         self.copies
-            .retain(|_, c| c.version <= active || Some(c.version) == pending);
+            .retain(|_, c| c.due.is_some() || c.version == active || Some(c.version) == pending);
     }
 
     /// Copies held for ring `version` (now active): redelivered an ack timeout from now
     /// unless their sender's tail replaces them first.
     fn copies_due(&mut self, version: u64) {
-        let due = self.now().plus_millis(self.config.ack_timeout_ms);
+        let due = self
+            .now()
+            .plus_millis(self.config.ack_timeout_ms.max(COPIES_WAIT_MS));
         for c in self.copies.values_mut() {
-            if c.version <= version && c.due.is_none() {
+            if c.version == version && c.due.is_none() {
                 c.due = Some(due);
             }
+        }
+    }
+
+    /// Adds the copies held aside here for subscription `id` (from any sender) to `items`,
+    /// leaving out events already there.
+    fn aside_for(&self, id: SubscriptionId, items: &mut Vec<TailItem>) {
+        if self.copies.is_empty() {
+            return;
+        }
+        let mut have: HashSet<EventId> = items.iter().map(|i| i.event.id).collect();
+        for ((_, s), c) in &self.copies {
+            if *s == id {
+                for item in &c.items {
+                    if have.insert(item.event.id) {
+                        items.push(item.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same, removing them: the subscription moves on before their tail came, and its
+    /// next owner gets them.
+    fn take_aside(&mut self, id: SubscriptionId, items: &mut Vec<TailItem>) {
+        self.aside_for(id, items);
+        if !self.copies.is_empty() {
+            self.copies.retain(|(_, s), _| *s != id);
         }
     }
 
     /// Step one at the receiver: copies of `from`'s unacknowledged notifications of
     /// subscriptions ring `version` moves here, held (their subscriptions too) undelivered.
     fn take_copies(&mut self, from: &str, version: u64, subs: Vec<SubTail>) {
-        let active = self.placement.version();
-        let hold = (version > active).then_some(version);
-        let due = (version <= active).then(|| self.now().plus_millis(self.config.ack_timeout_ms));
+        if version <= self.placement.version() {
+            // Sent again after the ring activated: its tail is what counts now.
+            debug!(peer = from, version, "copies for an active ring ignored");
+            return;
+        }
         for tail in subs {
             let id = tail.image.id;
             if !self.subs.contains_key(&id) {
-                if let Err(e) = self.install(tail.image, hold) {
+                if let Err(e) = self.install(tail.image, Some(version)) {
                     warn!(sub = %id, error = %e.message, "a handed-over subscription was refused");
                     continue;
                 }
             }
-            self.copies.insert(
-                (from.to_owned(), id),
-                Copies {
+            let c = self
+                .copies
+                .entry((from.to_owned(), id))
+                .or_insert_with(|| Copies {
                     version,
-                    items: tail.unacked,
-                    due,
-                },
-            );
+                    items: Vec::new(),
+                    ids: HashSet::new(),
+                    due: None,
+                });
+            if c.version != version {
+                // For a newer announced ring: these replace the older ring's.
+                *c = Copies {
+                    version,
+                    items: Vec::new(),
+                    ids: HashSet::new(),
+                    due: None,
+                };
+            }
+            for item in tail.unacked {
+                if c.ids.insert(item.event.id) {
+                    c.items.push(item);
+                }
+            }
         }
     }
 
@@ -342,6 +448,9 @@ impl<Q: Outlet> Node<Q> {
                 continue;
             };
             let (from, id) = key;
+            if !self.subs.contains_key(&id) {
+                continue;
+            }
             warn!(peer = %from, sub = %id, n = c.items.len(), "no tail came for a handoff: redelivering the copies of its unacknowledged notifications");
             self.stats.redelivered_copies += c.items.len() as u64;
             self.deliver_items(id, c.items);
@@ -417,6 +526,15 @@ impl<Q: Outlet> Node<Q> {
     /// notifications go to the new owner of each event's topic to be redelivered there.
     pub(super) fn activate(&mut self, ring: Ring) {
         let version = ring.version;
+        for m in self.placement.members() {
+            if !ring.contains(&m.id) && m.id != self.me.id {
+                self.departed.retain(|d| d.id != m.id);
+                self.departed.push_back(m.clone());
+                if self.departed.len() > DEPARTED_MAX {
+                    self.departed.pop_front();
+                }
+            }
+        }
         self.placement = Placement::new(&ring);
         if self
             .pending
@@ -468,7 +586,8 @@ impl<Q: Outlet> Node<Q> {
             };
             let image = self.image(*id, sub, now);
             let topic = sub.topic.clone();
-            let items = self.take_unacked(*id, now);
+            let mut items = self.take_unacked(*id, now);
+            self.take_aside(*id, &mut items);
             unacked_moved += items.len() as u64;
             collected.push((image, topic, items));
         }
@@ -504,9 +623,7 @@ impl<Q: Outlet> Node<Q> {
             if to == self.me.id {
                 continue;
             }
-            let mut subs = subs.into_iter().peekable();
-            while subs.peek().is_some() {
-                let chunk: Vec<SubTail> = subs.by_ref().take(HANDOFF_CHUNK).collect();
+            for chunk in chunk_tails(subs) {
                 let seq = self.next_seq();
                 self.peer_send(&to, PeerMsg::Tail { seq, subs: chunk });
             }
@@ -565,6 +682,9 @@ impl<Q: Outlet> Node<Q> {
     /// Forgets a handed-over subscription no client attached to (its transition was
     /// abandoned, or a newer image replaces it).
     fn drop_held(&mut self, id: SubscriptionId) {
+        if !self.copies.is_empty() {
+            self.copies.retain(|(_, s), _| *s != id);
+        }
         if self.subs.get(&id).is_some_and(|s| s.conn.is_none()) {
             if let Some(mut sub) = self.subs.remove(&id) {
                 let _ = self.engine.unsubscribe(id);
