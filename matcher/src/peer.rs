@@ -93,7 +93,8 @@ fn seq_of(msg: &PeerMsg) -> Option<u64> {
         | PeerMsg::Dispatch { seq, .. }
         | PeerMsg::Handoff { seq, .. }
         | PeerMsg::Tail { seq, .. }
-        | PeerMsg::Unacked { seq, .. } => Some(*seq),
+        | PeerMsg::Unacked { seq, .. }
+        | PeerMsg::Release { seq, .. } => Some(*seq),
         _ => None,
     }
 }

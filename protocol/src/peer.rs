@@ -61,8 +61,12 @@ pub enum PeerMsg {
         redeliver: bool,
     },
     /// The dispatcher no longer needs these events held: every at-least-once notification
-    /// for them was acknowledged (or handed on).
+    /// for them was acknowledged (or handed on). Answered with `Acked` (and sent again until
+    /// then: a holder that never hears it keeps the events, and delivers them again when the
+    /// dispatcher leaves).
     Release {
+        /// Sequence number, echoed in the answer.
+        seq: u64,
         /// The events.
         ids: Vec<EventId>,
     },

@@ -429,7 +429,7 @@ pub struct Node<Q> {
     copies: BTreeMap<(String, SubscriptionId), transition::Copies>,
     /// Members that left the ring lately (newest last), still reachable for what is owed to
     /// them: a drained matcher that still runs holds replicated events until released.
-    departed: VecDeque<RingMember>,
+    departed: VecDeque<(RingMember, Timestamp)>,
     /// Which matchers got copies of each subscription's unacknowledged notifications for
     /// `pending` (each gets a tail at activation, even an empty one, to let go of them).
     copied: BTreeMap<SubscriptionId, BTreeSet<String>>,

@@ -379,9 +379,11 @@ impl<Q: Outlet> Node<Q> {
         let ready = self.releases.take_ready();
         for (holder, ids) in ready {
             for chunk in ids.chunks(RELEASE_CHUNK) {
+                let seq = self.next_seq();
                 self.peer_send(
                     &holder,
                     PeerMsg::Release {
+                        seq,
                         ids: chunk.to_vec(),
                     },
                 );

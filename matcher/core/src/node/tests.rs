@@ -708,7 +708,7 @@ fn a_holder_that_left_the_ring_still_gets_its_releases() {
     assert!(
         release
             .iter()
-            .any(|f| matches!(&f.msg, PeerMsg::Release { ids } if ids == &vec![id])),
+            .any(|f| matches!(&f.msg, PeerMsg::Release { ids, .. } if ids == &vec![id])),
         "{release:?}"
     );
 }

@@ -39,8 +39,10 @@ pub(super) struct Copies {
 /// its link's reconnect backoff and the messages queued before it.
 const COPIES_WAIT_MS: u64 = 5_000;
 
-/// Members that left the ring remembered (for releases of events they hold).
+/// Members that left the ring are remembered (for releases of events they hold) for 30 s
+/// after they left (until the next ring change after that), at most 64 of them.
 const DEPARTED_MAX: usize = 64;
+const DEPARTED_MS: u64 = 30_000;
 
 /// Encoded event bytes per `Unacked` or `Tail` message (a frame holds 1.5 MiB; one event of
 /// up to 1 MiB goes alone).
@@ -169,7 +171,13 @@ impl<Q: Outlet> Node<Q> {
         let find = |p: &Placement| p.members().iter().find(|m| m.id == id).cloned();
         find(&self.placement)
             .or_else(|| self.pending.as_ref().and_then(find))
-            .or_else(|| self.departed.iter().rev().find(|m| m.id == id).cloned())
+            .or_else(|| {
+                self.departed
+                    .iter()
+                    .rev()
+                    .find(|(m, _)| m.id == id)
+                    .map(|(m, _)| m.clone())
+            })
     }
 
     /// Sends `msg` to matcher `to`; false if there is no way to (no such member, no links).
@@ -526,10 +534,14 @@ impl<Q: Outlet> Node<Q> {
     /// notifications go to the new owner of each event's topic to be redelivered there.
     pub(super) fn activate(&mut self, ring: Ring) {
         let version = ring.version;
+        let now = self.now();
+        let recent = Timestamp(now.0.saturating_sub(DEPARTED_MS));
+        self.departed
+            .retain(|(m, left)| *left >= recent && !ring.contains(&m.id));
         for m in self.placement.members() {
             if !ring.contains(&m.id) && m.id != self.me.id {
-                self.departed.retain(|d| d.id != m.id);
-                self.departed.push_back(m.clone());
+                self.departed.retain(|(d, _)| d.id != m.id);
+                self.departed.push_back((m.clone(), now));
                 if self.departed.len() > DEPARTED_MAX {
                     self.departed.pop_front();
                 }
@@ -556,7 +568,9 @@ impl<Q: Outlet> Node<Q> {
         }
         self.drop_abandoned_copies();
         self.copies_due(version);
-        let mut keep: Vec<String> = Vec::new();
+        // Links stay up to members of both rings and to those that left lately (releases
+        // of events they hold, a tail, may still be on the way to them).
+        let mut keep: Vec<String> = self.departed.iter().map(|(m, _)| m.id.clone()).collect();
         for p in std::iter::once(&self.placement).chain(self.pending.as_ref()) {
             for m in p.members() {
                 if m.id != self.me.id && !keep.contains(&m.id) {
@@ -870,9 +884,9 @@ impl<Q: Outlet> Node<Q> {
                 self.hold(&dispatcher, events);
                 PeerMsg::Acked { seqs: vec![seq] }
             }
-            PeerMsg::Release { ids } => {
+            PeerMsg::Release { seq, ids } => {
                 self.release(&ids);
-                PeerMsg::Acked { seqs: Vec::new() }
+                PeerMsg::Acked { seqs: vec![seq] }
             }
             PeerMsg::Ping { nonce } => PeerMsg::Pong { nonce },
             PeerMsg::Handoff {
