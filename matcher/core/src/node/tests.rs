@@ -297,17 +297,24 @@ fn an_at_least_once_subscriber_that_reconnects_gets_what_it_had_not_acked() {
     assert_eq!(n.stats().subscriptions, 1);
 }
 
-#[test]
-fn a_handoff_sent_again_keeps_what_the_held_subscription_queued() {
+/// Ring 1 is `a` alone, ring 2 (announced at `b`, a joiner) adds `b`; a topic ring 2 moves
+/// to `b`.
+fn joining() -> (Ring, Ring, String, Node<Rec>, Node<Rec>) {
     let r1 = ring(1, &["a"], 1);
     let r2 = ring(2, &["a", "b"], 1);
     let topic = (0..100)
         .map(|i| format!("t.{i}"))
         .find(|t| Placement::new(&r2).owner(t).unwrap().id == "b")
         .unwrap();
-    let mut a = node("a", r1.clone());
+    let a = node("a", r1.clone());
     let mut b = node("b", Ring::empty());
     b.handle_cluster(Timestamp(0), r1.clone(), Some(r2.clone()));
+    (r1, r2, topic, a, b)
+}
+
+#[test]
+fn a_handoff_sent_again_keeps_what_the_held_subscription_queued() {
+    let (r1, r2, topic, mut a, mut b) = joining();
     a.handle_subscribe(
         Timestamp(0),
         1,
@@ -428,15 +435,7 @@ fn exchange(
 /// that ring 2 (a joins b) moves to b; both have ring 2 announced and `a` has handed over.
 /// Returns the nodes, the topic, the event's id and `a`'s effects once b answered.
 fn announced_with_one_unacked() -> (Node<Rec>, Node<Rec>, String, EventId, Vec<Effect>) {
-    let r1 = ring(1, &["a"], 1);
-    let r2 = ring(2, &["a", "b"], 1);
-    let topic = (0..100)
-        .map(|i| format!("t.{i}"))
-        .find(|t| Placement::new(&r2).owner(t).unwrap().id == "b")
-        .unwrap();
-    let mut a = node("a", r1.clone());
-    let mut b = node("b", Ring::empty());
-    b.handle_cluster(Timestamp(0), r1.clone(), Some(r2.clone()));
+    let (r1, r2, topic, mut a, mut b) = joining();
     let _ = b.take_effects();
     let (_, q) = a
         .handle_subscribe(
@@ -558,15 +557,7 @@ fn copies_for_an_abandoned_transition_are_dropped() {
 
 #[test]
 fn copies_sent_again_after_the_activation_are_ignored() {
-    let r1 = ring(1, &["a"], 1);
-    let r2 = ring(2, &["a", "b"], 1);
-    let topic = (0..100)
-        .map(|i| format!("t.{i}"))
-        .find(|t| Placement::new(&r2).owner(t).unwrap().id == "b")
-        .unwrap();
-    let mut a = node("a", r1.clone());
-    let mut b = node("b", Ring::empty());
-    b.handle_cluster(Timestamp(0), r1.clone(), Some(r2.clone()));
+    let (r1, r2, topic, mut a, mut b) = joining();
     a.handle_subscribe(
         Timestamp(0),
         1,
