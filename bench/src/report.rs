@@ -137,6 +137,8 @@ fn rows(by_target: &BTreeMap<TargetKind, Vec<&RunResult>>) -> Vec<Vec<String>> {
                     |v| format!("{v:.0}"),
                 ),
                 cell(get(|r| r.generator_cpu_s), |v| format!("{v:.1}")),
+                cell(get(server_us_per_delivery), |v| format!("{v:.2}")),
+                cell(get(generator_us_per_delivery), |v| format!("{v:.2}")),
                 cell(get(|r| r.summary.wasted_bytes as f64 / 1048576.0), |v| {
                     format!("{v:.0}")
                 }),
@@ -146,7 +148,34 @@ fn rows(by_target: &BTreeMap<TargetKind, Vec<&RunResult>>) -> Vec<Vec<String>> {
         .collect()
 }
 
-const HEADERS: [&str; 13] = [
+/// The server's CPU per delivered notification, µs (NaN when not measured or none delivered).
+pub fn server_us_per_delivery(r: &RunResult) -> f64 {
+    r.server_cpu_s.unwrap_or(f64::NAN) * 1e6 / r.summary.delivered as f64
+}
+
+/// The load generator's CPU (the SDK or the peer's client library, publishing and
+/// receiving) per delivered notification, µs.
+pub fn generator_us_per_delivery(r: &RunResult) -> f64 {
+    r.generator_cpu_s * 1e6 / r.summary.delivered as f64
+}
+
+/// "Sift ÷ NATS" per delivery (server, generator), from the medians of one group.
+fn versus_nats(by_target: &BTreeMap<TargetKind, Vec<&RunResult>>) -> Option<String> {
+    let median = |t: TargetKind, f: fn(&RunResult) -> f64| {
+        let runs = by_target.get(&t)?;
+        spread(&runs.iter().map(|r| f(r)).collect::<Vec<_>>()).map(|s| s.median)
+    };
+    let ratio = |f: fn(&RunResult) -> f64| {
+        Some(median(TargetKind::Sift, f)? / median(TargetKind::Nats, f)?)
+    };
+    let server = ratio(server_us_per_delivery)?;
+    let generator = ratio(generator_us_per_delivery)?;
+    Some(format!(
+        "Per delivery, Sift ÷ NATS: server CPU {server:.2}×, generator (SDK) CPU {generator:.2}×."
+    ))
+}
+
+const HEADERS: [&str; 15] = [
     "target",
     "runs",
     "delivered/s",
@@ -158,6 +187,8 @@ const HEADERS: [&str; 13] = [
     "server CPU s",
     "server peak RSS MiB",
     "generator CPU s",
+    "server µs/delivery",
+    "generator µs/delivery",
     "wasted MiB",
     "per-matcher CPU s",
 ];
@@ -222,6 +253,10 @@ pub fn write_reports(out: &Path) -> Result<()> {
             let _ = writeln!(html, "</tr>");
         }
         let _ = writeln!(html, "</table>");
+        if let Some(line) = versus_nats(by_target) {
+            let _ = writeln!(md, "\n{line}");
+            let _ = writeln!(html, "<p>{}</p>", escape(&line));
+        }
         let (metric, f) = headline(*scenario);
         let bars: Vec<(String, Spread)> = by_target
             .iter()
@@ -500,6 +535,33 @@ mod tests {
         assert_eq!(spread(&[1.0, 4.0]).unwrap().median, 2.5);
         assert!(spread(&[]).is_none());
         assert_eq!(spread(&[f64::NAN, 5.0]).unwrap().median, 5.0);
+    }
+
+    fn result(target: &str, delivered: u64, server_cpu_s: f64, generator_cpu_s: f64) -> RunResult {
+        let line = format!(
+            r#"{{"scenario":"fanin","target":"{target}","variant":"","params":{{"scenario":"fanin","publishers":1,"subscribers":1,"topics":1,"connections":1,"payload":128,"rate":null,"duration":1.0,"in_flight":1,"matchers":[],"at_least_once":false}},"summary":{{"published":{delivered},"published_per_s":1.0,"expected":{delivered},"delivered":{delivered},"delivered_per_s":1.0,"delivery_ratio":1.0,"latency_p50_us":1,"latency_p99_us":1,"latency_p999_us":1,"latency_max_us":1,"received_bytes":0,"wasted_bytes":0,"foreign":0}},"server_cpu_s":{server_cpu_s},"server_rss_peak_bytes":1,"generator_cpu_s":{generator_cpu_s},"generator_saturated":false,"stalls":0,"matchers":null,"per_node_cpu_s":null,"rep":0}}"#
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn costs_per_delivery_and_the_ratio_to_nats() {
+        let sift = result("sift", 1_000_000, 2.0, 3.0);
+        let nats = result("nats", 2_000_000, 1.0, 2.0);
+        assert_eq!(server_us_per_delivery(&sift), 2.0);
+        assert_eq!(generator_us_per_delivery(&nats), 1.0);
+        let mut by_target = BTreeMap::new();
+        by_target.insert(TargetKind::Sift, vec![&sift]);
+        by_target.insert(TargetKind::Nats, vec![&nats]);
+        assert_eq!(
+            versus_nats(&by_target).unwrap(),
+            "Per delivery, Sift ÷ NATS: server CPU 4.00×, generator (SDK) CPU 3.00×."
+        );
+        by_target.remove(&TargetKind::Nats);
+        assert_eq!(versus_nats(&by_target), None, "no NATS in the run");
+        let row = &rows(&by_target)[0];
+        assert_eq!(row.len(), HEADERS.len());
+        assert_eq!(row[11], "2.00");
     }
 
     #[test]
