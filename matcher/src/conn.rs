@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::config::MatcherConfig;
-use crate::core::{parse_subscribe, ConnId, Input, Refusal};
+use crate::core::{parse_subscribe, ConnId, Input, PublishReply, Refusal};
 
 /// What a connection task needs.
 pub(crate) struct Shared {
@@ -126,7 +126,7 @@ impl RequestStream {
             // (two matchers relaying to each other would wait on each other's streams).
             let in_order = !matches!(frame, Ok(Some(Frame::Peer(_))));
             let answer = match frame {
-                Ok(Some(frame)) => self.handle(frame).await,
+                Ok(Some(frame)) => self.handle(frame, &tx).await,
                 Ok(None) => break,
                 Err(e) => {
                     let code = match &e {
@@ -159,7 +159,9 @@ impl RequestStream {
         rx
     }
 
-    async fn handle(&self, frame: Frame) -> Option<Answer> {
+    /// Handles one request; `answers` is the stream's answer writer (a fire-and-forget
+    /// publish's refusal goes there directly).
+    async fn handle(&self, frame: Frame, answers: &mpsc::Sender<Queued>) -> Option<Answer> {
         if let Frame::PeerHello { req, node, token } = &frame {
             // Another matcher (partitioned mode): it presents the cluster token.
             let ok = self.shared.config.coordinator.is_some()
@@ -229,7 +231,7 @@ impl RequestStream {
         }
         let conn = self.id;
         Some(match frame {
-            Frame::Publish(p) => return self.publish(p).await,
+            Frame::Publish(p) => return self.publish(p, answers).await,
             Frame::Subscribe(s) => {
                 let req = Some(s.req);
                 let new = match parse_subscribe(&s) {
@@ -407,7 +409,7 @@ impl RequestStream {
         })
     }
 
-    async fn publish(&self, p: Publish) -> Option<Answer> {
+    async fn publish(&self, p: Publish, answers: &mpsc::Sender<Queued>) -> Option<Answer> {
         let topic = match p.event.validate(&self.shared.config.limits) {
             Ok(t) => t,
             Err(e) => {
@@ -422,22 +424,17 @@ impl RequestStream {
         let id = p.event.id;
         match p.req {
             None => {
-                // Fire and forget: only a refusal (e.g. not the owner) is answered.
-                let (tx, rx) = oneshot::channel();
+                // Fire and forget: only a refusal (e.g. not the owner) is answered, by the
+                // core, straight to the answer writer.
                 let input = Input::Publish {
                     topic,
                     event: p.event,
                     acked: false,
                     ring_version: p.ring_version,
-                    reply: Some(tx),
+                    reply: PublishReply::Refusals(answers.clone()),
                 };
                 let _ = self.shared.core.send(input).await;
-                Some(Box::pin(async move {
-                    match rx.await {
-                        Ok(Err(r)) => Some(Frame::Error(r.frame(None))),
-                        _ => None,
-                    }
-                }))
+                None
             }
             Some(req) => {
                 let rx = self
@@ -446,7 +443,7 @@ impl RequestStream {
                         event: p.event,
                         acked: true,
                         ring_version: p.ring_version,
-                        reply: Some(reply),
+                        reply: PublishReply::Ack(reply),
                     })
                     .await;
                 Some(later(Some(req), rx, move |()| {
@@ -458,7 +455,7 @@ impl RequestStream {
 }
 
 /// An answer for the writer, and whether it must keep its request's place in line.
-struct Queued {
+pub(crate) struct Queued {
     answer: Answer,
     in_order: bool,
 }
@@ -468,6 +465,14 @@ impl Queued {
         Queued {
             answer,
             in_order: true,
+        }
+    }
+
+    /// The refusal of a fire-and-forget publish (it has no place in line).
+    pub(crate) fn refusal(frame: Frame) -> Queued {
+        Queued {
+            answer: now(frame),
+            in_order: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use hashbrown::HashMap;
 use sift_matcher_core::gossip::{Message, NodeId};
 use sift_matcher_core::node::{Effect, GossipNodeConfig, Node, NodeConfig, SubRecord, Token};
 use sift_matcher_core::{NewSubscription, Timestamp};
-use sift_protocol::frame::{Ring, RingMember};
+use sift_protocol::frame::{Frame, Ring, RingMember};
 use sift_protocol::peer::PeerFrame;
 use sift_protocol::{Event, EventId, Filter, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,6 +30,15 @@ pub use sift_matcher_core::node::MatcherStats;
 pub(crate) use sift_matcher_core::node::{parse_subscribe, ConnId, Refusal};
 
 /// Inputs of the core task.
+/// Where the outcome of a publish goes.
+pub(crate) enum PublishReply {
+    /// An acknowledged publish: its outcome, for the `PublishAck` or the error.
+    Ack(oneshot::Sender<Result<(), Refusal>>),
+    /// Fire and forget: nothing on success; a refusal (e.g. not the owner) is queued on the
+    /// request stream's answer writer, out of order. No per-event channel or answer slot.
+    Refusals(mpsc::Sender<crate::conn::Queued>),
+}
+
 pub(crate) enum Input {
     Subscribe {
         conn: ConnId,
@@ -63,7 +72,7 @@ pub(crate) enum Input {
         acked: bool,
         /// The ring version the publisher routed by.
         ring_version: u64,
-        reply: Option<oneshot::Sender<Result<(), Refusal>>>,
+        reply: PublishReply,
     },
     Ack {
         conn: ConnId,
@@ -133,6 +142,8 @@ pub(crate) struct Core {
     mesh: Option<mpsc::Sender<MeshCmd>>,
     /// Publishers waiting for the node's answer.
     answers: HashMap<Token, oneshot::Sender<Result<(), Refusal>>>,
+    /// Fire-and-forget publishes in flight: where a refusal of each is written.
+    refusals: HashMap<Token, mpsc::Sender<crate::conn::Queued>>,
     /// Peers waiting for the node's answer.
     peer_replies: HashMap<Token, oneshot::Sender<PeerFrame>>,
     next_token: Token,
@@ -180,6 +191,7 @@ impl Core {
             ring_watch,
             mesh: gossip.map(|g| g.mesh),
             answers: HashMap::new(),
+            refusals: HashMap::new(),
             peer_replies: HashMap::new(),
             next_token: 0,
             mesh_dropped: 0,
@@ -261,11 +273,16 @@ impl Core {
                 ring_version,
                 reply,
             } => {
-                let token = reply.map(|reply| {
-                    let token = self.token();
-                    self.answers.insert(token, reply);
-                    token
-                });
+                let token = self.token();
+                match reply {
+                    PublishReply::Ack(reply) => {
+                        self.answers.insert(token, reply);
+                    }
+                    PublishReply::Refusals(tx) => {
+                        self.refusals.insert(token, tx);
+                    }
+                }
+                let token = Some(token);
                 self.node
                     .handle_publish(now, topic, event, acked, ring_version, token);
             }
@@ -315,6 +332,10 @@ impl Core {
                 Effect::Answer { token, result } => {
                     if let Some(reply) = self.answers.remove(&token) {
                         let _ = reply.send(result);
+                    } else if let (Some(tx), Err(r)) = (self.refusals.remove(&token), result) {
+                        // A full answer queue drops it: the client is not reading answers.
+                        let _ =
+                            tx.try_send(crate::conn::Queued::refusal(Frame::Error(r.frame(None))));
                     }
                 }
                 Effect::PeerReply { token, frame } => {

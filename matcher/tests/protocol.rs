@@ -434,6 +434,19 @@ async fn requests_for_another_matchers_topic_get_not_owner() {
         };
         let Frame::Error(e) = answer else { panic!() };
         assert!(e.message.contains("belongs to b"), "{}", e.message);
+        // A fire-and-forget publish is refused too (without a request id), and the stream
+        // goes on.
+        let Frame::Error(e) = c
+            .call(Frame::Publish(Publish {
+                req: None,
+                ring_version: ring.version,
+                event: event(&topic, 2, 0),
+            }))
+            .await
+        else {
+            panic!("a fire-and-forget publish to a non-owner was not refused")
+        };
+        assert_eq!((e.code, e.req), (ErrorCode::NotOwner, None));
         let Frame::Error(e) = c.subscribe(1, &topic, DeliveryMode::AtMostOnce).await else {
             panic!()
         };
