@@ -944,7 +944,19 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    // A fixed seed: the same 12 cases on every run (tests are deterministic). Explore other
+    // seeds with `PROPTEST_RNG_SEED=… PROPTEST_CASES=…`; counterexamples found that way go into
+    // `cluster.proptest-regressions` (docs/chaos.md lists one still open).
+    #![proptest_config(ProptestConfig {
+        cases: 12,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0x5eed_0010),
+        ),
+        ..ProptestConfig::default()
+    })]
 
     /// Random joins, drains, crashes (R = 2 only, one at a time, restarted), subscribes and
     /// publishes: every live matching subscription gets every acknowledged event.
