@@ -105,8 +105,8 @@ impl DeliveryQueue {
         result
     }
 
-    /// Ends the stream after what is queued (or at once for `Moved` and `SlowConsumer`, which
-    /// make the queued notifications moot).
+    /// Ends the stream after what is queued (or at once for `SlowConsumer`, which makes the
+    /// queued notifications moot).
     pub(crate) fn end(&self, reason: EndReason) {
         let mut s = self.lock();
         if s.ended {
@@ -164,6 +164,21 @@ impl Outlet for DeliveryQueue {
 
     fn end(&self, reason: EndReason) {
         DeliveryQueue::end(self, reason)
+    }
+
+    fn take_waiting(&self) -> Vec<Arc<EncodedEvent>> {
+        let mut s = self.lock();
+        let mut out = Vec::new();
+        let mut kept = VecDeque::new();
+        for item in s.items.drain(..) {
+            match item {
+                Item::Notify { event, .. } => out.push(event),
+                end @ Item::End(_) => kept.push_back(end),
+            }
+        }
+        s.items = kept;
+        s.bytes = 0;
+        out
     }
 }
 

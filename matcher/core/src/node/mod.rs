@@ -104,6 +104,10 @@ pub trait Outlet {
     ) -> Pushed;
     /// Ends the stream (after what is queued, unless the reason makes it moot).
     fn end(&self, reason: EndReason);
+    /// Takes back the notifications still waiting in the queue, oldest first. The node asks
+    /// only of a queue no client has attached to (a handed-over subscription that moves on
+    /// before its client came): what waits there goes on with the subscription.
+    fn take_waiting(&self) -> Vec<Arc<EncodedEvent>>;
 }
 
 /// What to do when a subscriber's queue is full.

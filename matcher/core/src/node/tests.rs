@@ -15,6 +15,8 @@ use super::*;
 #[derive(Debug, Default)]
 struct Rec {
     items: Mutex<Vec<(u64, bool, EventId)>>,
+    /// What `take_waiting` may take back (everything pushed and not taken yet).
+    waiting: Mutex<Vec<Arc<EncodedEvent>>>,
     ended: Mutex<Option<EndReason>>,
 }
 
@@ -25,10 +27,20 @@ impl Outlet for Rec {
     fn push(&self, delivery: u64, redelivered: bool, event: Arc<EncodedEvent>, _: bool) -> Pushed {
         let id = event.decode().unwrap().id;
         self.items.lock().unwrap().push((delivery, redelivered, id));
+        self.waiting.lock().unwrap().push(event);
         Pushed::Queued
     }
     fn end(&self, reason: EndReason) {
         *self.ended.lock().unwrap() = Some(reason);
+    }
+    fn take_waiting(&self) -> Vec<Arc<EncodedEvent>> {
+        let taken = std::mem::take(&mut *self.waiting.lock().unwrap());
+        let ids: Vec<EventId> = taken.iter().map(|e| e.decode().unwrap().id).collect();
+        self.items
+            .lock()
+            .unwrap()
+            .retain(|(_, _, id)| !ids.contains(id));
+        taken
     }
 }
 
@@ -359,6 +371,81 @@ fn a_handoff_sent_again_keeps_what_the_held_subscription_queued() {
         seqs(&q),
         [(false, 1)],
         "the queued event survived the repeat"
+    );
+}
+
+/// An at-most-once subscription handed from a to b (a joins b), then on from b to c (b
+/// drains, c joins) before its client ever attached at b: what waited for it at b goes on to
+/// c, and the client gets it there.
+#[test]
+fn a_subscription_handed_on_before_its_client_came_keeps_what_waited_for_it() {
+    let r1 = ring(1, &["a"], 1);
+    let r2 = ring(2, &["a", "b"], 1);
+    let r3 = ring(3, &["a", "c"], 1);
+    let topic = (0..200)
+        .map(|i| format!("t.{i}"))
+        .find(|t| {
+            Placement::new(&r2).owner(t).unwrap().id == "b"
+                && Placement::new(&r3).owner(t).unwrap().id == "c"
+        })
+        .unwrap();
+    let mut a = node("a", r1.clone());
+    let mut b = node("b", Ring::empty());
+    let mut c = node("c", Ring::empty());
+    a.handle_subscribe(
+        Timestamp(0),
+        1,
+        sub(1, &topic, DeliveryMode::AtMostOnce),
+        "".into(),
+        1,
+    )
+    .unwrap();
+    // Ring 2: a hands the subscription to b, then the ring activates.
+    b.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
+    a.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
+    let frames = sent_to(&mut a, "b");
+    exchange(&mut a, &mut b, frames, 2);
+    a.handle_cluster(Timestamp(3), r2.clone(), None);
+    b.handle_cluster(Timestamp(3), r2.clone(), None);
+    let frames = sent_to(&mut a, "b");
+    exchange(&mut a, &mut b, frames, 4);
+    // b owns the topic; its client has not come yet. An event waits for it.
+    b.handle_publish(
+        Timestamp(5),
+        Topic::parse(&topic).unwrap(),
+        event(1, &topic),
+        true,
+        2,
+        Some(7),
+    );
+    assert!(answers(&mut b).contains(&(7, Ok(()))));
+    // Ring 3: b drains, c joins; b hands the subscription on to c.
+    c.handle_cluster(Timestamp(6), r2.clone(), Some(r3.clone()));
+    b.handle_cluster(Timestamp(6), r2.clone(), Some(r3.clone()));
+    let frames = sent_to(&mut b, "c");
+    exchange(&mut b, &mut c, frames, 7);
+    b.handle_cluster(Timestamp(8), r3.clone(), None);
+    c.handle_cluster(Timestamp(8), r3.clone(), None);
+    let frames = sent_to(&mut b, "c");
+    exchange(&mut b, &mut c, frames, 9);
+    let (_, q) = c
+        .handle_subscribe(
+            Timestamp(10),
+            3,
+            sub(1, &topic, DeliveryMode::AtMostOnce),
+            "".into(),
+            3,
+        )
+        .unwrap();
+    assert_eq!(
+        q.items
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| i.2.seq)
+            .collect::<Vec<_>>(),
+        [1],
+        "the event that waited at b reaches the client at c"
     );
 }
 

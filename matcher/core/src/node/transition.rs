@@ -600,7 +600,16 @@ impl<Q: Outlet> Node<Q> {
             };
             let image = self.image(*id, sub, now);
             let topic = sub.topic.clone();
+            // Handed over here and moving on before its client came: an at-most-once
+            // subscription's notifications wait only in its queue, and go on with it (an
+            // at-least-once one's are in its window too).
+            let waiting = if sub.conn.is_none() && sub.alo.is_none() {
+                waiting_items(*id, sub.queue.take_waiting())
+            } else {
+                Vec::new()
+            };
             let mut items = self.take_unacked(*id, now);
+            items.extend(waiting);
             self.take_aside(*id, &mut items);
             unacked_moved += items.len() as u64;
             collected.push((image, topic, items));
@@ -990,6 +999,25 @@ fn copy_unacked(id: SubscriptionId, alo: &Alo, now: Timestamp) -> Vec<TailItem> 
             }),
             Err(err) => {
                 warn!(sub = %id, error = %err, "an unacked notification does not decode");
+                None
+            }
+        })
+        .collect()
+}
+
+/// What waited in the queue of an at-most-once subscription no client attached to, as tail
+/// items (never sent).
+fn waiting_items(id: SubscriptionId, waiting: Vec<Arc<EncodedEvent>>) -> Vec<TailItem> {
+    waiting
+        .into_iter()
+        .filter_map(|e| match e.decode() {
+            Ok(event) => Some(TailItem {
+                event,
+                sent: false,
+                due_in_ms: 0,
+            }),
+            Err(err) => {
+                warn!(sub = %id, error = %err, "a waiting notification does not decode");
                 None
             }
         })
