@@ -272,4 +272,19 @@ mod tests {
         assert_eq!(q.lock().bytes, 0);
         assert_eq!(q.push(item(2, 10), true), Pushed::Refused);
     }
+
+    #[test]
+    fn what_waits_is_taken_back_in_order_and_frees_the_room() {
+        let q = DeliveryQueue::new(2, usize::MAX);
+        q.push(item(1, 10), false);
+        q.push(item(2, 10), false);
+        assert_eq!(q.push(item(3, 10), false), Pushed::Refused);
+        let taken: Vec<u64> = Outlet::take_waiting(&*q)
+            .iter()
+            .map(|e| e.decode().unwrap().id.seq)
+            .collect();
+        assert_eq!(taken, [1, 2]);
+        assert_eq!(q.lock().bytes, 0);
+        assert_eq!(q.push(item(3, 10), false), Pushed::Queued);
+    }
 }

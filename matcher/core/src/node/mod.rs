@@ -922,6 +922,11 @@ impl<Q: Outlet> Node<Q> {
     fn forget(&mut self, id: SubscriptionId, reason: EndReason) {
         // A subscription being handed over: its receivers forget it too.
         self.mirror(id, true);
+        self.forget_here(id, reason);
+    }
+
+    /// Forgets subscription `id` here only: what it is being handed over to keeps it.
+    fn forget_here(&mut self, id: SubscriptionId, reason: EndReason) {
         if let Some(mut sub) = self.subs.remove(&id) {
             self.settled(id);
             self.incoming.settle(id);

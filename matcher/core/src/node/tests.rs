@@ -858,3 +858,89 @@ fn tails_are_split_by_bytes_and_keep_every_notification_in_order() {
     );
     assert!(chunks.len() >= 5);
 }
+
+/// A tail in flight while its receiver handed the subscription on and activated a newer
+/// ring follows the subscription to its owner there: the at-least-once notification a
+/// sent after step one (so in no copy) reaches the client that attaches at c.
+#[test]
+fn a_tail_that_comes_after_the_ring_moved_its_subscription_on_follows_it() {
+    let r1 = ring(1, &["a"], 1);
+    let r2 = ring(2, &["a", "b"], 1);
+    let r3 = ring(3, &["a", "c"], 1);
+    let topic = (0..200)
+        .map(|i| format!("t.{i}"))
+        .find(|t| {
+            Placement::new(&r2).owner(t).unwrap().id == "b"
+                && Placement::new(&r3).owner(t).unwrap().id == "c"
+        })
+        .unwrap();
+    let mut a = node("a", r1.clone());
+    let mut b = node("b", Ring::empty());
+    let mut c = node("c", Ring::empty());
+    let (_, q) = a
+        .handle_subscribe(
+            Timestamp(0),
+            1,
+            sub(1, &topic, DeliveryMode::AtLeastOnce),
+            "".into(),
+            1,
+        )
+        .unwrap();
+    // Ring 2, step one: a hands the subscription to b.
+    b.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
+    a.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
+    let frames = sent_to(&mut a, "b");
+    exchange(&mut a, &mut b, frames, 2);
+    // Until the activation a still delivers: one notification its client does not ack.
+    let t = Topic::parse(&topic).unwrap();
+    a.handle_publish(Timestamp(3), t, event(1, &topic), true, 1, Some(5));
+    assert!(answers(&mut a).contains(&(5, Ok(()))));
+    let id = q.items.lock().unwrap()[0].2;
+    // Ring 2 activates; a's tail is on its way to b, slowly.
+    b.handle_cluster(Timestamp(4), r2.clone(), None);
+    a.handle_cluster(Timestamp(4), r2.clone(), None);
+    let late_tail = sent_to(&mut a, "b");
+    assert!(late_tail
+        .iter()
+        .any(|f| matches!(&f.msg, PeerMsg::Tail { subs, .. } if subs[0].unacked.len() == 1)));
+    // Meanwhile ring 3 (b drains, c joins) goes all the way through at b and c.
+    c.handle_cluster(Timestamp(5), r2.clone(), Some(r3.clone()));
+    b.handle_cluster(Timestamp(5), r2.clone(), Some(r3.clone()));
+    let frames = sent_to(&mut b, "c");
+    exchange(&mut b, &mut c, frames, 6);
+    b.handle_cluster(Timestamp(7), r3.clone(), None);
+    c.handle_cluster(Timestamp(7), r3.clone(), None);
+    let frames = sent_to(&mut b, "c");
+    exchange(&mut b, &mut c, frames, 8);
+    // Now a's tail reaches b, which no longer owns the topic: it sends it on to c.
+    for (i, f) in late_tail.into_iter().enumerate() {
+        b.handle_peer(Timestamp(9), "a", f, i as u64);
+    }
+    assert!(
+        !b.subs.contains_key(&SubscriptionId(1)),
+        "b holds no orphan of the subscription"
+    );
+    let onward = sent_to(&mut b, "c");
+    assert!(
+        onward
+            .iter()
+            .any(|f| matches!(&f.msg, PeerMsg::Tail { subs, .. } if subs[0].unacked.len() == 1)),
+        "the tail goes on to c: {onward:?}"
+    );
+    exchange(&mut b, &mut c, onward, 10);
+    let (_, q) = c
+        .handle_subscribe(
+            Timestamp(11),
+            3,
+            sub(1, &topic, DeliveryMode::AtLeastOnce),
+            "".into(),
+            3,
+        )
+        .unwrap();
+    c.tick(Timestamp(2_000));
+    let got: Vec<EventId> = q.items.lock().unwrap().iter().map(|i| i.2).collect();
+    assert!(
+        !got.is_empty() && got.iter().all(|g| *g == id),
+        "the unacked notification is redelivered at c (until acked): {got:?}"
+    );
+}

@@ -584,36 +584,11 @@ impl<Q: Outlet> Node<Q> {
         let mut moved: Vec<SubscriptionId> = self
             .subs
             .iter()
-            .filter(|(_, s)| match &s.topic {
-                Some(t) => !self.owns(t),
-                None => !in_ring,
-            })
+            .filter(|(_, s)| !self.placed_here(s, in_ring))
             .map(|(id, _)| *id)
             .collect();
         moved.sort_unstable();
-        let now = self.now();
-        let mut collected = Vec::new();
-        let mut unacked_moved = 0u64;
-        for id in &moved {
-            let Some(sub) = self.subs.get(id) else {
-                continue;
-            };
-            let image = self.image(*id, sub, now);
-            let topic = sub.topic.clone();
-            // Handed over here and moving on before its client came: an at-most-once
-            // subscription's notifications wait only in its queue, and go on with it (an
-            // at-least-once one's are in its window too).
-            let waiting = if sub.conn.is_none() && sub.alo.is_none() {
-                waiting_items(*id, sub.queue.take_waiting())
-            } else {
-                Vec::new()
-            };
-            let mut items = self.take_unacked(*id, now);
-            items.extend(waiting);
-            self.take_aside(*id, &mut items);
-            unacked_moved += items.len() as u64;
-            collected.push((image, topic, items));
-        }
+        let (collected, unacked_moved) = self.collect_moving(&moved);
         let mut tails = route(&self.me.id, &self.placement, collected);
         // Whoever got copies in step one gets a tail, empty if nothing is left unacknowledged,
         // so that it lets go of them.
@@ -662,6 +637,48 @@ impl<Q: Outlet> Node<Q> {
         for id in moved {
             self.forget(id, EndReason::Moved);
         }
+    }
+
+    /// True when the active ring places subscription `sub` on this matcher (`in_ring`: this
+    /// matcher is a member).
+    fn placed_here(&self, sub: &Sub<Q>, in_ring: bool) -> bool {
+        match &sub.topic {
+            Some(t) => self.owns(t),
+            None => in_ring,
+        }
+    }
+
+    /// The images of subscriptions `moving` away, each with what it has not had
+    /// acknowledged or still waits for its client; and how many of those there are.
+    #[allow(clippy::type_complexity)]
+    fn collect_moving(
+        &mut self,
+        moving: &[SubscriptionId],
+    ) -> (Vec<(SubImage, Option<Box<str>>, Vec<TailItem>)>, u64) {
+        let now = self.now();
+        let mut collected = Vec::new();
+        let mut unacked = 0u64;
+        for id in moving {
+            let Some(sub) = self.subs.get(id) else {
+                continue;
+            };
+            let image = self.image(*id, sub, now);
+            let topic = sub.topic.clone();
+            // Handed over here and moving on before its client came: an at-most-once
+            // subscription's notifications wait only in its queue, and go on with it (an
+            // at-least-once one's are in its window too).
+            let waiting = if sub.conn.is_none() && sub.alo.is_none() {
+                waiting_items(*id, sub.queue.take_waiting())
+            } else {
+                Vec::new()
+            };
+            let mut items = self.take_unacked(*id, now);
+            items.extend(waiting);
+            self.take_aside(*id, &mut items);
+            unacked += items.len() as u64;
+            collected.push((image, topic, items));
+        }
+        (collected, unacked)
     }
 
     /// Takes the unacknowledged notifications (sent or waiting for room) out of an
@@ -836,7 +853,14 @@ impl<Q: Outlet> Node<Q> {
 
     /// The last of a handoff, from `from`: unacknowledged notifications to redeliver from
     /// here. They replace the copies `from` sent in step one.
+    ///
+    /// A tail can come after a newer ring moved the subscription on from here (it was in
+    /// flight while this matcher handed over and activated again): then it follows the
+    /// subscription to its owner at the active ring, rather than wait here for a client
+    /// that will attach elsewhere.
     fn take_tail(&mut self, from: &str, subs: Vec<SubTail>) {
+        let in_ring = self.in_ring();
+        let mut onward = Vec::new();
         for tail in subs {
             let id = tail.image.id;
             self.copies.remove(&(from.to_owned(), id));
@@ -847,6 +871,33 @@ impl<Q: Outlet> Node<Q> {
                 }
             }
             self.deliver_items(id, tail.unacked);
+            if self.subs.get(&id).is_some_and(|s| {
+                s.conn.is_none()
+                    && !self.placed_here(s, in_ring)
+                    && s.topic
+                        .as_deref()
+                        .is_none_or(|t| self.placement.owner(t).is_some_and(|o| o.id != self.me.id))
+            }) {
+                onward.push(id);
+            }
+        }
+        if onward.is_empty() {
+            return;
+        }
+        let (collected, unacked) = self.collect_moving(&onward);
+        for (to, subs) in route(&self.me.id, &self.placement, collected) {
+            for chunk in chunk_tails(subs) {
+                let seq = self.next_seq();
+                self.peer_send(&to, PeerMsg::Tail { seq, subs: chunk });
+            }
+        }
+        self.stats.handed_over_unacked += unacked;
+        info!(
+            moved = onward.len(),
+            unacked, "a tail came for subscriptions the ring has moved on: sent on"
+        );
+        for id in onward {
+            self.forget_here(id, EndReason::Moved);
         }
     }
 
