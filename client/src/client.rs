@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::backoff::{self, Backoff};
-use crate::node::{self, Request};
+use crate::node::{self, CreditLine, Request};
 use crate::subscription::{Acker, Notification, Spec};
 use crate::{ClientConfig, ClientError};
 
@@ -133,7 +133,7 @@ struct NodeSlot {
 /// A subscription's bookkeeping in the client.
 pub(crate) struct SubState {
     pub(crate) spec: Spec,
-    pub(crate) tx: mpsc::Sender<Notification>,
+    pub(crate) tx: mpsc::UnboundedSender<Notification>,
     pub(crate) end: Arc<Mutex<Option<EndReason>>>,
     /// Matchers (addresses) where it is live.
     pub(crate) nodes: HashSet<String>,
@@ -725,6 +725,7 @@ impl Inner {
             .map_err(|_| ClientError::Connection(format!("{addr}: no answer to the handshake")))?
             .map_err(|e| ClientError::Connection(format!("{addr}: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
+        let requests = tx.downgrade();
         let handle = NodeHandle {
             tx,
             conn: conn.clone(),
@@ -746,6 +747,8 @@ impl Inner {
         });
         self.tasks.spawn(node::run(
             conn,
+            requests,
+            self.credit(),
             rx,
             Arc::downgrade(self),
             addr.to_owned(),
@@ -822,11 +825,12 @@ impl Inner {
     }
 
     /// A notification arrived from `addr`.
-    pub(crate) fn deliver(self: &Arc<Self>, addr: &str, n: Notify) {
+    pub(crate) fn deliver(self: &Arc<Self>, addr: &str, n: Notify, credit: Arc<CreditLine>) {
         let now = self.now();
         let mut subs = self.subs();
         let Some(sub) = subs.get_mut(&n.sub) else {
-            return;
+            drop(subs);
+            return credit.consumed();
         };
         let acker = sub.alo.then(|| Acker {
             inner: Arc::downgrade(self),
@@ -842,6 +846,7 @@ impl Inner {
                 // not see the event twice.
                 let acked = acked.contains(&n.event.id);
                 drop(subs);
+                credit.consumed();
                 if let (true, Some(a)) = (acked, acker) {
                     a.spawn_ack();
                 }
@@ -854,18 +859,29 @@ impl Inner {
             event: n.event,
             redelivered: n.redelivered,
             acker,
+            credit: Some(credit),
         };
-        match sub.tx.try_send(notification) {
+        // Unbounded: what each matcher may send is bounded by the credit it was given (the
+        // subscription's buffer), so a matcher never sends more than there is room for.
+        match sub.tx.send(notification) {
             Ok(()) => {
                 if let Some((delivered, _)) = &mut sub.seen {
                     delivered.first_time(now, id);
                 }
             }
-            // The application is not keeping up: at-most-once drops (the matcher's own policy
-            // already dropped others); at-least-once leaves it unacked and not marked as
-            // delivered, so its redelivery gets through.
-            Err(e) => debug!(sub = %n.sub, error = %e, "client buffer full; notification dropped"),
+            // The subscription's stream was dropped: nobody reads it any more.
+            Err(e) => {
+                drop(subs);
+                if let Some(c) = e.0.credit {
+                    c.consumed();
+                }
+            }
         }
+    }
+
+    /// The credit each matcher gets for a subscription: its buffer.
+    pub(crate) fn credit(&self) -> u32 {
+        u32::try_from(self.config.buffer_len.max(2)).unwrap_or(u32::MAX)
     }
 
     /// A subscription stream from `addr` ended.

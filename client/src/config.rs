@@ -35,7 +35,10 @@ pub struct ClientConfig {
     /// How many times a request refused with `not-owner` (or lost with a connection) is
     /// retried after the ring is refreshed. Default 8.
     pub retries_max: u32,
-    /// Notifications buffered per subscription in the client. Default 4,096.
+    /// Notifications each matcher may have waiting in the client for one subscription (the
+    /// credit it is given; it gets more as the application takes them). A subscription the
+    /// application does not read stops getting them, and meets its matcher's slow-consumer
+    /// policy, without holding up the others on the connection. Default 4,096.
     pub buffer_len: usize,
     /// With replicas (R ≥ 2), an acknowledged publish the topic's primary has not answered
     /// within this long is sent to its next owner too (same event id: matchers drop the

@@ -2,10 +2,11 @@
 //! routed back by request id), accepts the notification streams the matcher opens, and tells
 //! the client when the connection is lost so that subscriptions move on.
 
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 
 use hashbrown::HashMap;
-use sift_protocol::frame::{EndReason, Frame, RequestId};
+use sift_protocol::frame::{Frame, RequestId, SubscriptionId};
 use sift_protocol::net::{FrameReader, FrameWriter, NetError, RESET_SLOW_CONSUMER};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -35,8 +36,44 @@ fn answers(frame: &Frame) -> Option<RequestId> {
     }
 }
 
+/// A subscription's credit at one matcher: notifications taken from the subscription (or
+/// dropped by the SDK) are counted, and given back to the matcher in batches of `batch`.
+#[derive(Debug)]
+pub(crate) struct CreditLine {
+    sub: SubscriptionId,
+    requests: mpsc::WeakSender<Request>,
+    used: AtomicU32,
+    batch: u32,
+}
+
+impl CreditLine {
+    /// One notification left the SDK's buffer: its room is the matcher's again.
+    pub(crate) fn consumed(&self) {
+        let n = self.used.fetch_add(1, Ordering::AcqRel) + 1;
+        if n < self.batch
+            || self
+                .used
+                .compare_exchange(n, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let frame = Frame::Credit { sub: self.sub, n };
+        let sent = self
+            .requests
+            .upgrade()
+            .is_some_and(|tx| tx.try_send(Request { frame, reply: None }).is_ok());
+        if !sent {
+            // The request queue is full (or the connection gone): given back with the next.
+            self.used.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+}
+
 pub(crate) async fn run(
     conn: quinn::Connection,
+    requests: mpsc::WeakSender<Request>,
+    credit: u32,
     mut rx: mpsc::Receiver<Request>,
     inner: Weak<Inner>,
     addr: String,
@@ -86,7 +123,8 @@ pub(crate) async fn run(
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let reader = FrameReader::new(recv, max_frame_bytes);
-                    tokio::spawn(notifications(reader, inner.clone(), addr.clone()));
+                    let lines = Lines { requests: requests.clone(), batch: (credit / 2).max(1), by_sub: HashMap::new() };
+                    tokio::spawn(notifications(reader, lines, inner.clone(), addr.clone()));
                 }
                 Err(_) => break,
             },
@@ -118,22 +156,48 @@ fn unsolicited(inner: &Weak<Inner>, addr: &str, frame: Frame) {
     }
 }
 
-async fn notifications(mut reader: FrameReader, inner: Weak<Inner>, addr: String) {
-    let mut sub = None;
+/// The credit lines of the subscriptions on one notification stream.
+struct Lines {
+    requests: mpsc::WeakSender<Request>,
+    batch: u32,
+    by_sub: HashMap<SubscriptionId, Arc<CreditLine>>,
+}
+
+impl Lines {
+    fn of(&mut self, sub: SubscriptionId) -> &Arc<CreditLine> {
+        self.by_sub.entry(sub).or_insert_with(|| {
+            Arc::new(CreditLine {
+                sub,
+                requests: self.requests.clone(),
+                used: AtomicU32::new(0),
+                batch: self.batch,
+            })
+        })
+    }
+}
+
+/// Reads a connection's notification stream (all its subscriptions' notifications and ends)
+/// until it finishes or is reset; a matcher that resets a blocked stream opens a new one.
+async fn notifications(
+    mut reader: FrameReader,
+    mut lines: Lines,
+    inner: Weak<Inner>,
+    addr: String,
+) {
     loop {
         match reader.next().await {
             Ok(Some(Frame::Notify(n))) => match inner.upgrade() {
                 Some(inner) => {
-                    sub = Some(n.sub);
-                    inner.deliver(&addr, n)
+                    let line = lines.of(n.sub).clone();
+                    inner.deliver(&addr, n, line)
                 }
                 None => return,
             },
             Ok(Some(Frame::Ended { sub, reason })) => {
+                lines.by_sub.remove(&sub);
                 if let Some(inner) = inner.upgrade() {
                     inner.ended(&addr, sub, reason);
                 }
-                return;
             }
             Ok(Some(_)) => {}
             Ok(None) => return,
@@ -141,10 +205,9 @@ async fn notifications(mut reader: FrameReader, inner: Weak<Inner>, addr: String
             Err(NetError::Read(quinn::ReadError::Reset(code)))
                 if code.into_inner() == u64::from(RESET_SLOW_CONSUMER) =>
             {
-                // The matcher gave up on a stream we did not read fast enough.
-                if let (Some(inner), Some(sub)) = (inner.upgrade(), sub) {
-                    inner.ended(&addr, sub, EndReason::SlowConsumer);
-                }
+                // The matcher gave up on a stream we did not read fast enough; the ends of
+                // the subscriptions it cut off come on the next one.
+                debug!(%addr, "notification stream reset by the matcher");
                 return;
             }
             Err(_) => return,

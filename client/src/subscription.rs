@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::client::{refusal, Client, Inner, SubState};
+use crate::node::CreditLine;
 use crate::ClientError;
 
 /// What a subscription asked for, kept to place it again.
@@ -49,6 +50,8 @@ pub struct Notification {
     /// events it delivered before, so the application sees each event once.
     pub redelivered: bool,
     pub(crate) acker: Option<Acker>,
+    /// The matcher's credit for it, given back as the application takes it.
+    pub(crate) credit: Option<Arc<CreditLine>>,
 }
 
 impl Notification {
@@ -268,7 +271,7 @@ impl SubscribeBuilder {
         Filter::parse(&self.filter)?;
         let inner = self.client.inner.clone();
         let id = SubscriptionId(rand::random());
-        let (tx, rx) = mpsc::channel(inner.config.buffer_len.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         let end = Arc::new(Mutex::new(None));
         let deadline_at = match self.expiry {
             ExpirySpec::DeadlineMs(ms) => Some(Instant::now() + Duration::from_millis(ms)),
@@ -447,6 +450,7 @@ async fn subscribe_on(
         group: spec.group.clone(),
         mode: spec.mode,
         ring_version: inner.ring_version(),
+        credit: Some(inner.credit()),
     });
     match inner.request(addr, req, frame).await? {
         Frame::Subscribed { expires_in_ms, .. } => Ok(expires_in_ms),
@@ -591,7 +595,7 @@ pub(crate) async fn renew_leases(inner: Weak<Inner>) {
 /// A live subscription: a `Stream` of [`Notification`]s. Dropping it unsubscribes.
 pub struct Subscription {
     handle: SubscriptionId,
-    rx: mpsc::Receiver<Notification>,
+    rx: mpsc::UnboundedReceiver<Notification>,
     client: Client,
     end: Arc<Mutex<Option<EndReason>>>,
     closed: bool,
@@ -624,7 +628,13 @@ impl Stream for Subscription {
     type Item = Notification;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
-        self.rx.poll_recv(cx)
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(n)) = &next {
+            if let Some(c) = &n.credit {
+                c.consumed();
+            }
+        }
+        next
     }
 }
 

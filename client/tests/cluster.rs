@@ -424,3 +424,46 @@ async fn at_least_once_survives_a_full_client_buffer() {
     client.close().await;
     cluster.shutdown().await;
 }
+
+/// Two subscriptions on one client, so on one connection and its one notification stream:
+/// the application never reads one of them. It gets no more than its credit, its matcher's
+/// queue overflows and drops for it, and the other still gets every event, in order.
+#[tokio::test]
+async fn a_subscription_the_application_does_not_read_never_holds_up_the_others_on_its_connection()
+{
+    let cluster = Cluster::start_with(1, |c| c.queue_len_max = 128).await;
+    let mut config = cluster.client_config();
+    config.buffer_len = 64;
+    let client = sift_client::Client::connect(config).await.unwrap();
+    bounded(async {
+        let _unread = client.subscribe("feed").start().await.unwrap();
+        let mut read = client.subscribe("feed").start().await.unwrap();
+        let payload = vec![7u8; 1024];
+        const N: i64 = 3_000;
+        for round in 0..(N / 100) {
+            for i in 0..100 {
+                client
+                    .publish_acked(
+                        Message::new("feed")
+                            .attr("n", round * 100 + i)
+                            .payload(payload.clone()),
+                    )
+                    .await
+                    .unwrap();
+            }
+            // Every event of the round reaches the subscription that is read.
+            for i in 0..100 {
+                let n = read.next().await.unwrap();
+                assert_eq!(n.event.attrs["n"], Value::Int(round * 100 + i));
+            }
+        }
+        let stats = cluster.matchers[0].stats().await.unwrap();
+        assert!(
+            stats.dropped >= (N as u64) - 64 - 128,
+            "the unread subscription got at most its credit, then its queue dropped: {stats:?}"
+        );
+    })
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+}

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::config::MatcherConfig;
 use crate::core::{parse_subscribe, ConnId, Input, PublishReply, Refusal};
+use crate::notify::Outbox;
 
 /// What a connection task needs.
 pub(crate) struct Shared {
@@ -48,6 +49,8 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let authed = Arc::new(AtomicBool::new(shared.config.token.is_none()));
     let peer = Arc::new(AtomicBool::new(false));
+    // Notifications of all its subscriptions, on one stream.
+    let outbox = Arc::new(Outbox::default());
     loop {
         let (send, recv) = tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -60,9 +63,11 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
             authed: authed.clone(),
             peer: peer.clone(),
             peer_node: std::sync::OnceLock::new(),
+            outbox: outbox.clone(),
         };
         shared.tasks.spawn(stream.serve(send, recv));
     }
+    outbox.close();
     // Its subscriptions cannot be delivered any more.
     let _ = shared.core.send(Input::Closed { conn: id }).await;
 }
@@ -76,6 +81,8 @@ struct RequestStream {
     peer: Arc<AtomicBool>,
     /// The matcher this stream speaks for, once it sent `PeerHello` (partitioned mode).
     peer_node: std::sync::OnceLock<String>,
+    /// The connection's notifications.
+    outbox: Arc<Outbox>,
 }
 
 fn error(req: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -248,15 +255,17 @@ impl RequestStream {
                     })
                     .await;
                 let (quic, sub, shared) = (self.conn.clone(), s.id, self.shared.clone());
+                let (outbox, credit) = (self.outbox.clone(), s.credit);
                 later(req, rx, move |(expires_in_ms, queue)| {
-                    let max = shared.config.limits.frame_bytes_max;
-                    shared.tasks.spawn(crate::notify::run(
-                        quic,
-                        sub,
-                        queue,
-                        max,
-                        shared.cancel.clone(),
-                    ));
+                    if outbox.attach(sub, queue, credit) {
+                        let max = shared.config.limits.frame_bytes_max;
+                        shared.tasks.spawn(crate::notify::run(
+                            quic,
+                            outbox,
+                            max,
+                            shared.cancel.clone(),
+                        ));
+                    }
                     Some(Frame::Subscribed {
                         req: s.req,
                         sub,
@@ -323,6 +332,10 @@ impl RequestStream {
                         event,
                     })
                     .await;
+                return None;
+            }
+            Frame::Credit { sub, n } => {
+                self.outbox.grant(sub, n);
                 return None;
             }
             Frame::StatsFetch { req } => {

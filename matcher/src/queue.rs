@@ -1,15 +1,18 @@
-//! The bounded queue between the matcher's core and one subscription's notification stream.
-//! The core never waits on it: when it is full the slow-consumer policy decides, so a slow
-//! subscriber cannot slow the publishers or the other subscribers.
+//! The bounded queue between the matcher's core and one subscription's notifications on its
+//! connection's shared stream. The core never waits on it: when it is full the slow-consumer
+//! policy decides, so a slow subscriber cannot slow the publishers or the other subscribers.
+//! Its credit (what the client has room for) decides how much the connection's writer may
+//! take from it per turn, so one subscription the application does not read never holds up
+//! the others on the stream.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use sift_matcher_core::node::Outlet;
 use sift_protocol::codec::EncodedEvent;
-use sift_protocol::frame::EndReason;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use sift_protocol::frame::{EndReason, SubscriptionId};
+
+use crate::notify::Outbox;
 
 /// One item for the notification stream.
 #[derive(Debug)]
@@ -38,6 +41,27 @@ struct State {
     /// Encoded bytes in `items`.
     bytes: usize,
     ended: bool,
+    /// Ended as a slow consumer.
+    aborted: bool,
+    /// Notifications the client has room for; `None`: no credit (the stream paces it).
+    credit: Option<u64>,
+    /// The connection it is attached to, and its subscription's id there; `None` while it
+    /// is held for a client that has not come yet.
+    outbox: Option<(Weak<Outbox>, SubscriptionId)>,
+    /// In its outbox's ready list (or being written from).
+    scheduled: bool,
+}
+
+impl State {
+    /// The writer could take something now.
+    fn sendable(&self) -> bool {
+        match self.items.front() {
+            None => false,
+            Some(Item::End(_)) => true,
+            // An ended subscription's last notifications go without credit.
+            Some(Item::Notify { .. }) => self.ended || self.credit.is_none_or(|c| c > 0),
+        }
+    }
 }
 
 pub(crate) use sift_matcher_core::node::Pushed;
@@ -45,40 +69,90 @@ pub(crate) use sift_matcher_core::node::Pushed;
 #[derive(Debug)]
 pub(crate) struct DeliveryQueue {
     state: Mutex<State>,
-    ready: Notify,
     cap: usize,
     bytes_cap: usize,
-    /// Cancelled when the subscription ends as a slow consumer: the stream writer stops
-    /// waiting on a peer that does not read and resets the stream.
-    aborted: CancellationToken,
+    /// Itself, to put itself in its outbox's ready list.
+    me: Weak<DeliveryQueue>,
+}
+
+/// What a writer's turn at a queue gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Items were moved out; `more`: it has more it could send now (it stays scheduled).
+    Took { sub: SubscriptionId, more: bool },
+    /// The queue belongs to another connection now (or to none): nothing taken.
+    NotHere,
 }
 
 impl DeliveryQueue {
     /// A queue of at most `cap` notifications and `bytes_cap` encoded bytes (one notification
     /// larger than that still fits in an empty queue).
     pub(crate) fn new(cap: usize, bytes_cap: usize) -> Arc<DeliveryQueue> {
-        Arc::new(DeliveryQueue {
+        Arc::new_cyclic(|me| DeliveryQueue {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
             cap: cap.max(1),
             bytes_cap,
-            aborted: CancellationToken::new(),
+            me: me.clone(),
         })
-    }
-
-    /// Whether the subscription was ended as a slow consumer.
-    pub(crate) fn is_aborted(&self) -> bool {
-        self.aborted.is_cancelled()
-    }
-
-    /// Resolves when the subscription was ended as a slow consumer.
-    pub(crate) async fn aborted(&self) {
-        self.aborted.cancelled().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug elsewhere; the data stays usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts it in its outbox's ready list if it has something sendable and is not there yet.
+    /// Returns the outbox to wake, once the lock is released.
+    fn schedule(&self, s: &mut State) -> Option<Arc<Outbox>> {
+        if s.scheduled || !s.sendable() {
+            return None;
+        }
+        let outbox = s.outbox.as_ref()?.0.upgrade()?;
+        s.scheduled = true;
+        Some(outbox)
+    }
+
+    fn wake(&self, outbox: Option<Arc<Outbox>>) {
+        if let (Some(outbox), Some(me)) = (outbox, self.me.upgrade()) {
+            outbox.ready(me);
+        }
+    }
+
+    /// Attaches the queue to connection `outbox` as its subscription `sub`, with `credit`
+    /// (`None`: none). What waited in it (a subscription handed over before its client came)
+    /// goes out from here.
+    pub(crate) fn attach(&self, outbox: &Arc<Outbox>, sub: SubscriptionId, credit: Option<u32>) {
+        let mut s = self.lock();
+        let same = s
+            .outbox
+            .as_ref()
+            .is_some_and(|(o, _)| std::ptr::eq(o.as_ptr(), Arc::as_ptr(outbox)));
+        if !same {
+            // Any place it had in another connection's ready list is void there.
+            s.scheduled = false;
+        }
+        s.outbox = Some((Arc::downgrade(outbox), sub));
+        s.credit = credit.map(u64::from);
+        let wake = self.schedule(&mut s);
+        drop(s);
+        self.wake(wake);
+    }
+
+    /// The client has room for `n` more.
+    pub(crate) fn grant(&self, n: u32) {
+        let mut s = self.lock();
+        if let Some(c) = &mut s.credit {
+            *c = c.saturating_add(u64::from(n));
+        }
+        let wake = self.schedule(&mut s);
+        drop(s);
+        self.wake(wake);
+    }
+
+    /// Whether the subscription was ended as a slow consumer.
+    #[cfg(test)]
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.lock().aborted
     }
 
     /// Queues a notification; when full, drops the oldest if `drop_oldest`, else refuses.
@@ -100,44 +174,68 @@ impl DeliveryQueue {
         }
         s.bytes += add;
         s.items.push_back(item);
+        let wake = self.schedule(&mut s);
         drop(s);
-        self.ready.notify_one();
+        self.wake(wake);
         result
     }
 
     /// Ends the stream after what is queued (or at once for `SlowConsumer`, which makes the
-    /// queued notifications moot).
+    /// queued notifications moot). Only `SlowConsumer` clears what waits.
     pub(crate) fn end(&self, reason: EndReason) {
         let mut s = self.lock();
         if s.ended {
             return;
         }
-        if matches!(reason, EndReason::SlowConsumer) {
+        let slow = matches!(reason, EndReason::SlowConsumer);
+        if slow {
             s.items.clear();
             s.bytes = 0;
-            self.aborted.cancel();
+            s.aborted = true;
         }
         s.items.push_back(Item::End(reason));
         s.ended = true;
+        // A subscription without credit that was not read may be what blocks its
+        // connection's stream: the writer may reset it, so that the end gets through.
+        let blocking = slow && s.credit.is_none();
+        let outbox = s.outbox.as_ref().and_then(|(o, _)| o.upgrade());
+        let wake = self.schedule(&mut s);
         drop(s);
-        self.ready.notify_one();
+        if let (true, Some(o)) = (blocking, outbox) {
+            o.abort_blocked();
+        }
+        self.wake(wake);
     }
 
-    /// Waits for items and moves up to `max` of them into `out`.
-    pub(crate) async fn pop_batch(&self, max: usize, out: &mut Vec<Item>) {
-        loop {
-            {
-                let mut s = self.lock();
-                if !s.items.is_empty() {
-                    let n = s.items.len().min(max);
-                    let start = out.len();
-                    out.extend(s.items.drain(..n));
-                    s.bytes -= out[start..].iter().map(Item::bytes).sum::<usize>();
-                    return;
+    /// A writer's turn for connection `outbox`: moves up to `max` sendable items into `out`
+    /// (each notification spends one credit; an end needs none).
+    pub(crate) fn take_turn(&self, outbox: &Outbox, max: usize, out: &mut Vec<Item>) -> Turn {
+        let mut s = self.lock();
+        let sub = match &s.outbox {
+            Some((o, sub)) if std::ptr::eq(o.as_ptr(), outbox) => *sub,
+            _ => return Turn::NotHere,
+        };
+        let mut taken = 0;
+        while taken < max && s.sendable() {
+            let Some(item) = s.items.pop_front() else {
+                break;
+            };
+            s.bytes -= item.bytes();
+            let end = matches!(item, Item::End(_));
+            if !end && !s.ended {
+                if let Some(c) = &mut s.credit {
+                    *c -= 1;
                 }
             }
-            self.ready.notified().await;
+            out.push(item);
+            taken += 1;
+            if end {
+                break;
+            }
         }
+        let more = s.sendable();
+        s.scheduled = more;
+        Turn::Took { sub, more }
     }
 }
 
@@ -246,17 +344,106 @@ mod tests {
         assert_eq!(q.push(item(2, 1000), false), Pushed::Refused);
     }
 
-    #[tokio::test]
-    async fn popping_gives_back_the_bytes() {
-        let q = DeliveryQueue::new(100, usize::MAX);
-        q.push(item(1, 500), true);
-        q.push(item(2, 500), true);
+    fn taken(q: &DeliveryQueue, outbox: &Outbox) -> (Vec<u64>, Turn) {
         let mut out = vec![];
-        q.pop_batch(1, &mut out).await;
-        assert_eq!(out.len(), 1);
-        assert_eq!(q.lock().bytes, item(2, 500).bytes());
-        q.pop_batch(10, &mut out).await;
-        assert_eq!(q.lock().bytes, 0);
+        let turn = q.take_turn(outbox, 64, &mut out);
+        let seqs = out
+            .iter()
+            .map(|i| match i {
+                Item::Notify { delivery, .. } => *delivery,
+                Item::End(_) => 0,
+            })
+            .collect();
+        (seqs, turn)
+    }
+
+    const SUB: SubscriptionId = SubscriptionId(9);
+
+    #[test]
+    fn credit_bounds_what_a_turn_takes_and_a_grant_brings_it_back() {
+        let outbox = Arc::new(Outbox::default());
+        let q = DeliveryQueue::new(100, usize::MAX);
+        for s in 1..=5 {
+            q.push(item(s, 500), true);
+        }
+        assert!(
+            outbox.attach(SUB, q.clone(), Some(2)),
+            "the first attach starts a writer"
+        );
+        assert_eq!(outbox.ready_len(), 1, "what waited is ready at once");
+        let (seqs, turn) = taken(&q, &outbox);
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(
+            turn,
+            Turn::Took {
+                sub: SUB,
+                more: false
+            },
+            "no credit left"
+        );
+        assert_eq!(
+            q.lock().bytes,
+            3 * item(3, 500).bytes(),
+            "taken bytes are given back"
+        );
+        q.push(item(6, 500), true);
+        assert_eq!(outbox.ready_len(), 1, "not ready again without credit");
+        outbox.grant(SUB, 3);
+        assert_eq!(outbox.ready_len(), 2, "a grant makes it ready");
+        assert_eq!(taken(&q, &outbox).0, [3, 4, 5]);
+    }
+
+    #[test]
+    fn an_end_and_what_precedes_it_go_without_credit() {
+        let outbox = Arc::new(Outbox::default());
+        let q = DeliveryQueue::new(100, usize::MAX);
+        outbox.attach(SUB, q.clone(), Some(0));
+        q.push(item(1, 10), true);
+        q.push(item(2, 10), true);
+        assert_eq!(outbox.ready_len(), 0);
+        q.end(EndReason::Moved);
+        assert_eq!(outbox.ready_len(), 1);
+        let (seqs, turn) = taken(&q, &outbox);
+        assert_eq!(seqs, [1, 2, 0], "the notifications, then the end");
+        assert_eq!(
+            turn,
+            Turn::Took {
+                sub: SUB,
+                more: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_queue_that_moved_to_another_connection_is_not_written_by_the_old_one() {
+        let old = Arc::new(Outbox::default());
+        let new = Arc::new(Outbox::default());
+        let q = DeliveryQueue::new(100, usize::MAX);
+        old.attach(SUB, q.clone(), None);
+        new.attach(SUB, q.clone(), None);
+        q.push(item(1, 10), true);
+        assert_eq!(taken(&q, &old).1, Turn::NotHere);
+        assert_eq!(taken(&q, &new).0, [1]);
+    }
+
+    #[test]
+    fn without_credit_a_turn_takes_up_to_its_most() {
+        let outbox = Arc::new(Outbox::default());
+        let q = DeliveryQueue::new(1000, usize::MAX);
+        outbox.attach(SUB, q.clone(), None);
+        for s in 1..=100 {
+            q.push(item(s, 10), true);
+        }
+        let (seqs, turn) = taken(&q, &outbox);
+        assert_eq!(seqs.len(), 64);
+        assert_eq!(
+            turn,
+            Turn::Took {
+                sub: SUB,
+                more: true
+            },
+            "it stays scheduled"
+        );
     }
 
     #[test]

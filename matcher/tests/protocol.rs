@@ -57,6 +57,7 @@ impl Raw {
             group: None,
             mode,
             ring_version: 0,
+            credit: None,
         }))
         .await
     }
@@ -270,6 +271,7 @@ async fn bad_input_gets_typed_errors_and_the_connection_goes_on() {
             group: None,
             mode: DeliveryMode::AtMostOnce,
             ring_version: 0,
+            credit: None,
         });
         assert_eq!(code(c.call(bad_filter).await), ErrorCode::InvalidFilter);
         assert_eq!(

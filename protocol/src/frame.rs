@@ -75,6 +75,12 @@ pub struct Subscribe {
     pub mode: DeliveryMode,
     /// The ring version the client routed with.
     pub ring_version: u64,
+    /// Flow control: how many notifications the matcher may send this subscription before
+    /// the client grants more with [`Frame::Credit`]. `None`: no per-subscription credit
+    /// (the connection's notification stream paces it, and one such subscription that is not
+    /// read can hold up the others on its connection).
+    #[serde(default)]
+    pub credit: Option<u32>,
 }
 
 /// Publish request. With `req = Some(..)` the matcher answers [`Frame::PublishAck`].
@@ -255,6 +261,14 @@ pub enum Frame {
         /// The event acknowledged: what the matcher goes by, since a notification handed
         /// over from another matcher keeps its event but not its delivery number.
         event: EventId,
+    },
+    /// More notifications the matcher may send subscription `sub` on this connection
+    /// (subscriber → matcher; the subscription's client-side buffer has room for them).
+    Credit {
+        /// The subscription.
+        sub: SubscriptionId,
+        /// Notifications granted, on top of what is left.
+        n: u32,
     },
     /// A subscription ended (matcher → subscriber).
     Ended {

@@ -41,7 +41,9 @@ fn every_frame() -> Vec<Frame> {
             }),
             mode: DeliveryMode::AtLeastOnce,
             ring_version: 3,
+            credit: Some(4096),
         }),
+        Frame::Credit { sub, n: 2048 },
         Frame::Unsubscribe { req: 2, sub },
         Frame::Renew { req: 3, sub },
         Frame::SetFilter {

@@ -14,14 +14,18 @@ pub use framed::{FrameReader, FrameWriter, NetError};
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// A connection with no traffic (keep-alives included) for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The QUIC error code a matcher resets a notification stream with when the subscription
-/// ended as a slow consumer while its stream was blocked (the `Ended` frame could not get
-/// through).
+/// The QUIC error code a matcher resets a connection's notification stream with when a
+/// subscription without credit ended as a slow consumer while the stream was blocked (the
+/// client did not read it); the matcher goes on with a new stream, where the `Ended` frames
+/// come.
 pub const RESET_SLOW_CONSUMER: u32 = 1;
 
-/// Most notification streams a server may open to a client at once (one uni stream per
-/// subscription, so this bounds subscriptions per connection too).
-pub const STREAMS_MAX: u32 = 10_000;
+/// Most notification streams a server may have open to a client at once. A matcher writes
+/// the notifications of all of a connection's subscriptions on one stream (a new one only
+/// after resetting a blocked one), so a few are plenty.
+pub const STREAMS_MAX: u32 = 64;
+/// Bytes a server may have in flight to a client on its notification stream.
+pub const CLIENT_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// Most request streams a client may open to a server at once. The SDK uses one per matcher
 /// connection, plus one per watch or admin request on the coordinator.
 pub const SERVER_BIDI_STREAMS_MAX: u32 = 32;
@@ -53,11 +57,12 @@ fn server_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// Clients accept the notification streams servers open, one per subscription.
+/// Clients accept the notification streams servers open, one per connection.
 fn client_transport() -> Arc<quinn::TransportConfig> {
     let mut t = common_transport();
     t.max_concurrent_bidi_streams(0u32.into());
     t.max_concurrent_uni_streams(STREAMS_MAX.into());
+    t.stream_receive_window(CLIENT_STREAM_WINDOW.into());
     Arc::new(t)
 }
 
