@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
-use sift_matcher_core::delivery::DedupWindow;
-use sift_matcher_core::Timestamp;
 use sift_protocol::frame::{EndReason, ErrorCode, Frame, Notify, Publish, RequestId, Ring};
 use sift_protocol::limits::FRAME_BYTES_MAX;
 use sift_protocol::net::tls::client_config;
@@ -24,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::backoff::{self, Backoff};
 use crate::node::{self, CreditLine, Request};
+use crate::seen::SeenIds;
 use crate::subscription::{Acker, Notification, Spec};
 use crate::{ClientConfig, ClientError};
 
@@ -138,7 +137,7 @@ pub(crate) struct SubState {
     /// Matchers (addresses) where it is live.
     pub(crate) nodes: HashSet<String>,
     /// Event ids delivered to the application, and (at-least-once) those it acked.
-    pub(crate) seen: Option<(DedupWindow<EventId>, DedupWindow<EventId>)>,
+    pub(crate) seen: Option<(SeenIds, SeenIds)>,
     /// At-least-once: the application acks each notification.
     pub(crate) alo: bool,
     /// When the lease should next be renewed.
@@ -433,8 +432,9 @@ impl Inner {
         self.req.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn now(&self) -> Timestamp {
-        Timestamp(self.start.elapsed().as_millis() as u64)
+    /// Milliseconds since the client started.
+    pub(crate) fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
     }
 
     fn event(&self, m: Message) -> Result<(Topic, Event), ClientError> {

@@ -28,6 +28,7 @@ mod client;
 mod config;
 mod error;
 mod node;
+mod seen;
 mod subscription;
 
 pub use client::{AttrValue, Client, Message};

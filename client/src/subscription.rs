@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::Stream;
 use hashbrown::HashSet;
-use sift_matcher_core::delivery::DedupWindow;
 use sift_protocol::frame::{
     DeliveryMode, EndReason, ErrorCode, ExpirySpec, Frame, GroupSpec, Subscribe,
 };
@@ -20,6 +19,7 @@ use tracing::{debug, warn};
 
 use crate::client::{refusal, Client, Inner, SubState};
 use crate::node::CreditLine;
+use crate::seen::SeenIds;
 use crate::ClientError;
 
 /// What a subscription asked for, kept to place it again.
@@ -35,8 +35,8 @@ pub(crate) struct Spec {
     pub(crate) mode: DeliveryMode,
 }
 
-/// At-least-once: event ids remembered to drop redeliveries.
-const SEEN_IDS_MAX: usize = 65_536;
+/// Event ids are remembered to drop repeats for this long after their publisher was last
+/// heard from (and within `seen::WINDOW` numbers of its newest).
 const SEEN_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// One notification: the subscription's handle and the event.
@@ -295,10 +295,7 @@ impl SubscribeBuilder {
                 nodes: HashSet::new(),
                 // Every mode drops repeats by id: with replicas, a takeover delivers again
                 // what the failed dispatcher may have delivered.
-                seen: Some((
-                    DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
-                    DedupWindow::new(SEEN_TTL_MS, SEEN_IDS_MAX),
-                )),
+                seen: Some((SeenIds::new(SEEN_TTL_MS), SeenIds::new(SEEN_TTL_MS))),
                 alo,
                 renew_at: None,
                 moving: false,

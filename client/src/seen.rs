@@ -1,0 +1,213 @@
+//! Event ids a subscription has seen, to drop repeats (a redelivery, a replica's takeover, a
+//! hedged publish delivered twice). A publisher numbers its events in order, so per publisher
+//! the SDK keeps the highest number seen and a bitmap of the `WINDOW` numbers below it:
+//! 8 KiB per publisher, instead of a hashed entry per event.
+
+use hashbrown::HashMap;
+use sift_protocol::{EventId, PublisherId};
+
+/// Sequence numbers below a publisher's highest that are remembered.
+pub(crate) const WINDOW: u64 = 65_536;
+const WORDS: usize = (WINDOW / 64) as usize;
+/// Publishers remembered per subscription; beyond that the one heard from least recently is
+/// forgotten.
+pub(crate) const PUBLISHERS_MAX: usize = 256;
+
+#[derive(Debug)]
+struct Publisher {
+    /// The highest sequence number seen.
+    high: u64,
+    /// Bit `seq % WINDOW` is set when `seq` (one of the `WINDOW` numbers up to `high`) was seen.
+    bits: Box<[u64; WORDS]>,
+    /// When it was last heard from (ms).
+    used: u64,
+}
+
+impl Publisher {
+    fn new(seq: u64, now: u64) -> Publisher {
+        let mut p = Publisher {
+            high: seq,
+            bits: Box::new([0; WORDS]),
+            used: now,
+        };
+        p.set(seq);
+        p
+    }
+
+    fn slot(seq: u64) -> (usize, u64) {
+        let i = seq % WINDOW;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    fn set(&mut self, seq: u64) {
+        let (w, b) = Self::slot(seq);
+        self.bits[w] |= b;
+    }
+
+    /// `Some(seen)` for a number inside the window, `None` for one too old to tell.
+    fn seen(&self, seq: u64) -> Option<bool> {
+        if seq > self.high {
+            return Some(false);
+        }
+        if self.high - seq >= WINDOW {
+            return None;
+        }
+        let (w, b) = Self::slot(seq);
+        Some(self.bits[w] & b != 0)
+    }
+
+    /// Moves the window up to `seq` (newer than `high`).
+    fn advance(&mut self, seq: u64) {
+        if seq - self.high >= WINDOW {
+            self.bits.fill(0);
+        } else {
+            for q in self.high + 1..=seq {
+                let (w, b) = Self::slot(q);
+                self.bits[w] &= !b;
+            }
+        }
+        self.high = seq;
+    }
+}
+
+/// The ids one subscription has seen, by publisher, remembered for `ttl_ms` after their
+/// publisher was last heard from.
+#[derive(Debug)]
+pub(crate) struct SeenIds {
+    by: HashMap<PublisherId, Publisher>,
+    ttl_ms: u64,
+}
+
+impl SeenIds {
+    pub(crate) fn new(ttl_ms: u64) -> SeenIds {
+        SeenIds {
+            by: HashMap::new(),
+            ttl_ms,
+        }
+    }
+
+    /// True when `id` was recorded and is still remembered. An id more than `WINDOW` numbers
+    /// below its publisher's newest is not: a repeat that late gets through, rather than
+    /// risk dropping an event never seen.
+    pub(crate) fn contains(&self, id: &EventId) -> bool {
+        self.by
+            .get(&id.publisher)
+            .and_then(|p| p.seen(id.seq))
+            .unwrap_or(false)
+    }
+
+    /// Records `id` at `now` (ms); true the first time.
+    pub(crate) fn first_time(&mut self, now: u64, id: EventId) -> bool {
+        if let Some(p) = self.by.get_mut(&id.publisher) {
+            if now.saturating_sub(p.used) < self.ttl_ms {
+                p.used = now;
+                return match p.seen(id.seq) {
+                    Some(true) => false,
+                    Some(false) => {
+                        if id.seq > p.high {
+                            p.advance(id.seq);
+                        }
+                        p.set(id.seq);
+                        true
+                    }
+                    None => true,
+                };
+            }
+            // Not heard from for longer than the time to live: start over.
+            self.by.remove(&id.publisher);
+        }
+        if self.by.len() >= PUBLISHERS_MAX {
+            self.by
+                .retain(|_, p| now.saturating_sub(p.used) < self.ttl_ms);
+        }
+        if self.by.len() >= PUBLISHERS_MAX {
+            if let Some(oldest) = self.by.iter().min_by_key(|(_, p)| p.used).map(|(k, _)| *k) {
+                self.by.remove(&oldest);
+            }
+        }
+        self.by.insert(id.publisher, Publisher::new(id.seq, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn id(p: u64, seq: u64) -> EventId {
+        EventId {
+            publisher: PublisherId(u128::from(p)),
+            seq,
+        }
+    }
+
+    #[test]
+    fn repeats_are_dropped_in_any_order_per_publisher() {
+        let mut s = SeenIds::new(60_000);
+        assert!(s.first_time(0, id(1, 10)));
+        assert!(s.first_time(0, id(1, 5)), "older but never seen");
+        assert!(!s.first_time(0, id(1, 10)));
+        assert!(!s.first_time(0, id(1, 5)));
+        assert!(s.first_time(0, id(2, 5)), "another publisher's 5");
+        assert!(s.contains(&id(1, 10)) && !s.contains(&id(1, 11)));
+    }
+
+    #[test]
+    fn a_number_far_below_the_newest_is_let_through() {
+        let mut s = SeenIds::new(60_000);
+        assert!(s.first_time(0, id(1, 1)));
+        assert!(s.first_time(0, id(1, 1 + WINDOW)));
+        assert!(!s.contains(&id(1, 1)), "out of the window: not known");
+        assert!(s.first_time(0, id(1, 1)), "too old to tell: delivered");
+        assert!(!s.first_time(0, id(1, 1 + WINDOW)));
+    }
+
+    #[test]
+    fn a_publisher_not_heard_from_for_the_ttl_is_forgotten() {
+        let mut s = SeenIds::new(1_000);
+        assert!(s.first_time(0, id(1, 1)));
+        assert!(!s.first_time(999, id(1, 1)));
+        assert!(s.first_time(1_999 + 1, id(1, 1)));
+    }
+
+    #[test]
+    fn publishers_beyond_the_most_evict_the_least_recently_heard() {
+        let mut s = SeenIds::new(u64::MAX);
+        for p in 0..PUBLISHERS_MAX as u64 {
+            s.first_time(p, id(p, 1));
+        }
+        s.first_time(10_000, id(0, 2)); // publisher 0 heard again
+        s.first_time(10_001, id(9_999, 1)); // one more: publisher 1 goes
+        assert!(s.contains(&id(0, 1)));
+        assert!(!s.contains(&id(1, 1)));
+        assert_eq!(s.by.len(), PUBLISHERS_MAX);
+    }
+
+    proptest! {
+        /// Against a set of everything seen: never drops an id not seen before, and drops
+        /// every repeat within the window of its publisher's newest.
+        #[test]
+        fn agrees_with_a_set_inside_the_window(
+            ops in proptest::collection::vec((0u64..3, 0u64..200_000), 1..400)
+        ) {
+            let mut s = SeenIds::new(u64::MAX);
+            let mut set = HashSet::new();
+            let mut high = std::collections::HashMap::new();
+            for (p, seq) in ops {
+                let e = id(p, seq);
+                let first = s.first_time(0, e);
+                let h = high.entry(p).or_insert(seq);
+                let inside = *h < WINDOW || seq > *h - WINDOW;
+                if !set.contains(&e) {
+                    prop_assert!(first, "a new id was dropped: {e:?}");
+                } else if inside {
+                    prop_assert!(!first, "a repeat inside the window got through: {e:?}");
+                }
+                *h = (*h).max(seq);
+                set.insert(e);
+            }
+        }
+    }
+}
