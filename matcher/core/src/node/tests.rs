@@ -82,6 +82,21 @@ fn sub(id: u64, pattern: &str, mode: DeliveryMode) -> NewSubscription {
     s
 }
 
+/// An acknowledged publish of event `seq` to `topic` at `n`, routed with ring `version`: it
+/// is answered at once.
+fn publish_acked(n: &mut Node<Rec>, now: u64, topic: &str, seq: u64, version: u64) {
+    let t = Topic::parse(topic).unwrap();
+    n.handle_publish(
+        Timestamp(now),
+        t,
+        event(seq, topic),
+        true,
+        version,
+        Some(77),
+    );
+    assert!(answers(n).contains(&(77, Ok(()))), "the publish was acked");
+}
+
 fn answers(n: &mut Node<Rec>) -> Vec<(Token, Result<(), Refusal>)> {
     n.take_effects()
         .into_iter()
@@ -346,15 +361,7 @@ fn a_handoff_sent_again_keeps_what_the_held_subscription_queued() {
         .expect("a hands the subscription to b");
     b.handle_peer(Timestamp(2), "a", handoff.clone(), 1);
     // Ring 2 active at b (a publisher there already), and an event for the held copy.
-    b.handle_publish(
-        Timestamp(3),
-        Topic::parse(&topic).unwrap(),
-        event(1, &topic),
-        true,
-        2,
-        Some(5),
-    );
-    assert!(answers(&mut b).contains(&(5, Ok(()))));
+    publish_acked(&mut b, 3, &topic, 1, 2);
     // The same handoff again (a retransmission after a reconnect).
     b.handle_peer(Timestamp(4), "a", handoff, 2);
     let _ = b.take_effects();
@@ -374,24 +381,76 @@ fn a_handoff_sent_again_keeps_what_the_held_subscription_queued() {
     );
 }
 
+/// Rings 1 = [a], 2 = [a, b] (b joins) and 3 = [a, c] (b drains, c joins), and a topic that
+/// ring 2 places on b and ring 3 on c.
+fn three_rings() -> (Ring, Ring, Ring, String) {
+    let r1 = ring(1, &["a"], 1);
+    let r2 = ring(2, &["a", "b"], 1);
+    let r3 = ring(3, &["a", "c"], 1);
+    let topic = topic_owned(&[(&r2, "b"), (&r3, "c")]);
+    (r1, r2, r3, topic)
+}
+
+/// A topic whose primary owner at each ring is the one named with it.
+fn topic_owned(owners: &[(&Ring, &str)]) -> String {
+    (0..200)
+        .map(|i| format!("t.{i}"))
+        .find(|t| {
+            owners
+                .iter()
+                .all(|(r, id)| Placement::new(r).owner(t).unwrap().id == *id)
+        })
+        .unwrap()
+}
+
+/// Step one of the move from `active` to `next`: both learn of it, `from` hands over to `to`
+/// (at `now`) and `to` answers (at `now + 1`).
+fn announce(from: &mut Node<Rec>, to: &mut Node<Rec>, active: &Ring, next: &Ring, now: u64) {
+    to.handle_cluster(Timestamp(now), active.clone(), Some(next.clone()));
+    from.handle_cluster(Timestamp(now), active.clone(), Some(next.clone()));
+    let frames = sent_to(from, &to.me.id.clone());
+    exchange(from, to, frames, now + 1);
+}
+
+/// Subscription 1's client subscribes (or attaches) at `n` on connection `conn` at `now`,
+/// routed with ring `version`.
+fn attach(
+    n: &mut Node<Rec>,
+    now: u64,
+    conn: ConnId,
+    topic: &str,
+    mode: DeliveryMode,
+    version: u64,
+) -> Arc<Rec> {
+    n.handle_subscribe(
+        Timestamp(now),
+        conn,
+        sub(1, topic, mode),
+        "".into(),
+        version,
+    )
+    .unwrap()
+    .1
+}
+
+/// Step two: `ring` activates at `from`, then at `to`; returns what `from` sends `to` (its tail).
+fn activate(from: &mut Node<Rec>, to: &mut Node<Rec>, ring: &Ring, now: u64) -> Vec<PeerFrame> {
+    from.handle_cluster(Timestamp(now), ring.clone(), None);
+    to.handle_cluster(Timestamp(now), ring.clone(), None);
+    sent_to(from, &to.me.id.clone())
+}
+
 /// An at-most-once subscription handed from a to b (a joins b), then on from b to c (b
 /// drains, c joins) before its client ever attached at b: what waited for it at b goes on to
 /// c, and the client gets it there.
 #[test]
 fn a_subscription_handed_on_before_its_client_came_keeps_what_waited_for_it() {
-    let r1 = ring(1, &["a"], 1);
-    let r2 = ring(2, &["a", "b"], 1);
-    let r3 = ring(3, &["a", "c"], 1);
-    let topic = (0..200)
-        .map(|i| format!("t.{i}"))
-        .find(|t| {
-            Placement::new(&r2).owner(t).unwrap().id == "b"
-                && Placement::new(&r3).owner(t).unwrap().id == "c"
-        })
-        .unwrap();
-    let mut a = node("a", r1.clone());
-    let mut b = node("b", Ring::empty());
-    let mut c = node("c", Ring::empty());
+    let (r1, r2, r3, topic) = three_rings();
+    let (mut a, mut b, mut c) = (
+        node("a", r1.clone()),
+        node("b", Ring::empty()),
+        node("c", Ring::empty()),
+    );
     a.handle_subscribe(
         Timestamp(0),
         1,
@@ -401,42 +460,16 @@ fn a_subscription_handed_on_before_its_client_came_keeps_what_waited_for_it() {
     )
     .unwrap();
     // Ring 2: a hands the subscription to b, then the ring activates.
-    b.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
-    a.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
-    let frames = sent_to(&mut a, "b");
-    exchange(&mut a, &mut b, frames, 2);
-    a.handle_cluster(Timestamp(3), r2.clone(), None);
-    b.handle_cluster(Timestamp(3), r2.clone(), None);
-    let frames = sent_to(&mut a, "b");
+    announce(&mut a, &mut b, &r1, &r2, 1);
+    let frames = activate(&mut a, &mut b, &r2, 3);
     exchange(&mut a, &mut b, frames, 4);
     // b owns the topic; its client has not come yet. An event waits for it.
-    b.handle_publish(
-        Timestamp(5),
-        Topic::parse(&topic).unwrap(),
-        event(1, &topic),
-        true,
-        2,
-        Some(7),
-    );
-    assert!(answers(&mut b).contains(&(7, Ok(()))));
+    publish_acked(&mut b, 5, &topic, 1, 2);
     // Ring 3: b drains, c joins; b hands the subscription on to c.
-    c.handle_cluster(Timestamp(6), r2.clone(), Some(r3.clone()));
-    b.handle_cluster(Timestamp(6), r2.clone(), Some(r3.clone()));
-    let frames = sent_to(&mut b, "c");
-    exchange(&mut b, &mut c, frames, 7);
-    b.handle_cluster(Timestamp(8), r3.clone(), None);
-    c.handle_cluster(Timestamp(8), r3.clone(), None);
-    let frames = sent_to(&mut b, "c");
+    announce(&mut b, &mut c, &r2, &r3, 6);
+    let frames = activate(&mut b, &mut c, &r3, 8);
     exchange(&mut b, &mut c, frames, 9);
-    let (_, q) = c
-        .handle_subscribe(
-            Timestamp(10),
-            3,
-            sub(1, &topic, DeliveryMode::AtMostOnce),
-            "".into(),
-            3,
-        )
-        .unwrap();
+    let q = attach(&mut c, 10, 3, &topic, DeliveryMode::AtMostOnce, 3);
     assert_eq!(
         q.items
             .lock()
@@ -751,13 +784,7 @@ fn a_holder_that_left_the_ring_still_gets_its_releases() {
     // on, holding the event. Once the subscriber acks, a releases it at b, not nobody.
     let r1 = ring(1, &["a", "b"], 2);
     let r2 = ring(2, &["a", "c"], 2);
-    let topic = (0..200)
-        .map(|i| format!("t.{i}"))
-        .find(|t| {
-            Placement::new(&r1).owner(t).unwrap().id == "a"
-                && Placement::new(&r2).owner(t).unwrap().id == "a"
-        })
-        .unwrap();
+    let topic = topic_owned(&[(&r1, "a"), (&r2, "a")]);
     let mut a = node("a", r1.clone());
     let (_, q) = a
         .handle_subscribe(
@@ -864,53 +891,26 @@ fn tails_are_split_by_bytes_and_keep_every_notification_in_order() {
 /// sent after step one (so in no copy) reaches the client that attaches at c.
 #[test]
 fn a_tail_that_comes_after_the_ring_moved_its_subscription_on_follows_it() {
-    let r1 = ring(1, &["a"], 1);
-    let r2 = ring(2, &["a", "b"], 1);
-    let r3 = ring(3, &["a", "c"], 1);
-    let topic = (0..200)
-        .map(|i| format!("t.{i}"))
-        .find(|t| {
-            Placement::new(&r2).owner(t).unwrap().id == "b"
-                && Placement::new(&r3).owner(t).unwrap().id == "c"
-        })
-        .unwrap();
-    let mut a = node("a", r1.clone());
-    let mut b = node("b", Ring::empty());
-    let mut c = node("c", Ring::empty());
-    let (_, q) = a
-        .handle_subscribe(
-            Timestamp(0),
-            1,
-            sub(1, &topic, DeliveryMode::AtLeastOnce),
-            "".into(),
-            1,
-        )
-        .unwrap();
+    let (r1, r2, r3, topic) = three_rings();
+    let (mut a, mut b, mut c) = (
+        node("a", r1.clone()),
+        node("b", Ring::empty()),
+        node("c", Ring::empty()),
+    );
+    let q = attach(&mut a, 0, 1, &topic, DeliveryMode::AtLeastOnce, 1);
     // Ring 2, step one: a hands the subscription to b.
-    b.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
-    a.handle_cluster(Timestamp(1), r1.clone(), Some(r2.clone()));
-    let frames = sent_to(&mut a, "b");
-    exchange(&mut a, &mut b, frames, 2);
+    announce(&mut a, &mut b, &r1, &r2, 1);
     // Until the activation a still delivers: one notification its client does not ack.
-    let t = Topic::parse(&topic).unwrap();
-    a.handle_publish(Timestamp(3), t, event(1, &topic), true, 1, Some(5));
-    assert!(answers(&mut a).contains(&(5, Ok(()))));
+    publish_acked(&mut a, 3, &topic, 1, 1);
     let id = q.items.lock().unwrap()[0].2;
     // Ring 2 activates; a's tail is on its way to b, slowly.
-    b.handle_cluster(Timestamp(4), r2.clone(), None);
-    a.handle_cluster(Timestamp(4), r2.clone(), None);
-    let late_tail = sent_to(&mut a, "b");
+    let late_tail = activate(&mut a, &mut b, &r2, 4);
     assert!(late_tail
         .iter()
         .any(|f| matches!(&f.msg, PeerMsg::Tail { subs, .. } if subs[0].unacked.len() == 1)));
     // Meanwhile ring 3 (b drains, c joins) goes all the way through at b and c.
-    c.handle_cluster(Timestamp(5), r2.clone(), Some(r3.clone()));
-    b.handle_cluster(Timestamp(5), r2.clone(), Some(r3.clone()));
-    let frames = sent_to(&mut b, "c");
-    exchange(&mut b, &mut c, frames, 6);
-    b.handle_cluster(Timestamp(7), r3.clone(), None);
-    c.handle_cluster(Timestamp(7), r3.clone(), None);
-    let frames = sent_to(&mut b, "c");
+    announce(&mut b, &mut c, &r2, &r3, 5);
+    let frames = activate(&mut b, &mut c, &r3, 7);
     exchange(&mut b, &mut c, frames, 8);
     // Now a's tail reaches b, which no longer owns the topic: it sends it on to c.
     for (i, f) in late_tail.into_iter().enumerate() {
@@ -928,15 +928,7 @@ fn a_tail_that_comes_after_the_ring_moved_its_subscription_on_follows_it() {
         "the tail goes on to c: {onward:?}"
     );
     exchange(&mut b, &mut c, onward, 10);
-    let (_, q) = c
-        .handle_subscribe(
-            Timestamp(11),
-            3,
-            sub(1, &topic, DeliveryMode::AtLeastOnce),
-            "".into(),
-            3,
-        )
-        .unwrap();
+    let q = attach(&mut c, 11, 3, &topic, DeliveryMode::AtLeastOnce, 3);
     c.tick(Timestamp(2_000));
     let got: Vec<EventId> = q.items.lock().unwrap().iter().map(|i| i.2).collect();
     assert!(
