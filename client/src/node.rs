@@ -58,14 +58,32 @@ impl CreditLine {
         {
             return;
         }
-        let frame = Frame::Credit { sub: self.sub, n };
-        let sent = self
-            .requests
-            .upgrade()
-            .is_some_and(|tx| tx.try_send(Request { frame, reply: None }).is_ok());
-        if !sent {
-            // The request queue is full (or the connection gone): given back with the next.
-            self.used.fetch_add(n, Ordering::AcqRel);
+        let Some(tx) = self.requests.upgrade() else {
+            // The connection is gone: so is the credit.
+            return;
+        };
+        let request = Request {
+            frame: Frame::Credit { sub: self.sub, n },
+            reply: None,
+        };
+        match tx.try_send(request) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                // Behind a burst of requests: it must still go, or a matcher that used up the
+                // credit would wait for it forever.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            let _ = tx.send(request).await;
+                        });
+                    }
+                    // No runtime to wait in: given back with the next notification.
+                    Err(_) => {
+                        self.used.fetch_add(n, Ordering::AcqRel);
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

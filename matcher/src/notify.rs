@@ -83,6 +83,11 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// The writer task ended: the next attach starts another (what is ready waits for it).
+    fn stopped(&self) {
+        self.lock().writing = false;
+    }
+
     /// The connection is gone: its writer stops.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -119,6 +124,8 @@ enum Flushed {
     /// The stream was blocked by a subscription without credit that was cut off: it was
     /// reset, and what comes next goes on a new one.
     Reset,
+    /// The client stopped the stream (or it failed): what comes next goes on a new one.
+    Stopped,
     /// The connection is gone or the matcher stops.
     Gone,
 }
@@ -152,10 +159,15 @@ pub(crate) async fn run(
             if writer.is_none() {
                 match conn.open_uni().await {
                     Ok(send) => writer = Some(FrameWriter::new(send, max_frame_bytes)),
-                    Err(e) => return debug!(error = %e, "cannot open the notification stream"),
+                    Err(e) => {
+                        debug!(error = %e, "cannot open the notification stream");
+                        return outbox.stopped();
+                    }
                 }
             }
-            let Some(w) = writer.as_mut() else { return };
+            let Some(w) = writer.as_mut() else {
+                return outbox.stopped();
+            };
             for item in items.drain(..) {
                 let pushed = match item {
                     Item::Notify {
@@ -178,8 +190,8 @@ pub(crate) async fn run(
             }
             if w.pending_bytes() >= BATCH_BYTES {
                 match flush(&mut writer, &outbox, &cancel).await {
-                    Flushed::Written | Flushed::Reset => {}
-                    Flushed::Gone => return,
+                    Flushed::Written | Flushed::Reset | Flushed::Stopped => {}
+                    Flushed::Gone => return outbox.stopped(),
                 }
             }
             // What became ready meanwhile joins this round.
@@ -187,11 +199,12 @@ pub(crate) async fn run(
         }
         if writer.as_ref().is_some_and(|w| w.pending_bytes() > 0) {
             match flush(&mut writer, &outbox, &cancel).await {
-                Flushed::Written | Flushed::Reset => {}
-                Flushed::Gone => return,
+                Flushed::Written | Flushed::Reset | Flushed::Stopped => {}
+                Flushed::Gone => return outbox.stopped(),
             }
         }
     }
+    outbox.stopped();
     if let Some(w) = writer {
         // The matcher stops (or the connection is gone): a peer that does not read must not
         // hold it up.
@@ -228,8 +241,8 @@ async fn flush(
         r = w.flush() => match r {
             Ok(()) => Flushed::Written,
             Err(e) => {
-                debug!(error = %e, "notification stream closed");
-                Flushed::Gone
+                debug!(error = %e, "notification stream closed; going on with a new one");
+                Flushed::Stopped
             }
         },
         _ = cancel.cancelled() => Flushed::Gone,
@@ -250,6 +263,10 @@ async fn flush(
             // A cut-off subscription while the stream flowed did not block it.
             outbox.abort.store(false, Ordering::Release);
             Flushed::Written
+        }
+        Flushed::Stopped => {
+            *writer = None;
+            Flushed::Stopped
         }
         Flushed::Gone => Flushed::Gone,
     }
