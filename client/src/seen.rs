@@ -3,6 +3,8 @@
 //! the SDK keeps the highest number seen and a bitmap of the `WINDOW` numbers below it:
 //! 8 KiB per publisher, instead of a hashed entry per event.
 
+use std::collections::VecDeque;
+
 use hashbrown::HashMap;
 use sift_protocol::{EventId, PublisherId};
 
@@ -56,13 +58,25 @@ impl Publisher {
         Some(self.bits[w] & b != 0)
     }
 
-    /// Moves the window up to `seq` (newer than `high`).
-    fn advance(&mut self, seq: u64) {
+    /// Moves the window up to `seq` (newer than `high`); the numbers it lets go of that were
+    /// seen go to `fell_out`.
+    fn advance(&mut self, seq: u64, mut fell_out: impl FnMut(u64)) {
+        let low = self.high.saturating_sub(WINDOW - 1);
         if seq - self.high >= WINDOW {
+            // Every number of the old window falls out.
+            for q in low..=self.high {
+                if self.seen(q) == Some(true) {
+                    fell_out(q);
+                }
+            }
             self.bits.fill(0);
         } else {
             for q in self.high + 1..=seq {
+                // Slot q held q - WINDOW, which falls out now.
                 let (w, b) = Self::slot(q);
+                if self.bits[w] & b != 0 && q >= WINDOW {
+                    fell_out(q - WINDOW);
+                }
                 self.bits[w] &= !b;
             }
         }
@@ -75,13 +89,23 @@ impl Publisher {
 #[derive(Debug)]
 pub(crate) struct SeenIds {
     by: HashMap<PublisherId, Publisher>,
+    /// Ids that fell out of their publisher's window (its numbers moved on faster than this
+    /// subscription's events), the last `OLDER_MAX` of them: so that a late repeat is still
+    /// known, as with a window of this subscription's own last deliveries.
+    older: hashbrown::HashSet<EventId>,
+    older_order: VecDeque<EventId>,
     ttl_ms: u64,
 }
+
+/// Ids kept after they fell out of their publisher's window.
+pub(crate) const OLDER_MAX: usize = 65_536;
 
 impl SeenIds {
     pub(crate) fn new(ttl_ms: u64) -> SeenIds {
         SeenIds {
             by: HashMap::new(),
+            older: hashbrown::HashSet::new(),
+            older_order: VecDeque::new(),
             ttl_ms,
         }
     }
@@ -90,10 +114,21 @@ impl SeenIds {
     /// below its publisher's newest is not: a repeat that late gets through, rather than
     /// risk dropping an event never seen.
     pub(crate) fn contains(&self, id: &EventId) -> bool {
-        self.by
-            .get(&id.publisher)
-            .and_then(|p| p.seen(id.seq))
-            .unwrap_or(false)
+        match self.by.get(&id.publisher).and_then(|p| p.seen(id.seq)) {
+            Some(seen) => seen,
+            None => self.older.contains(id),
+        }
+    }
+
+    fn keep_older(&mut self, id: EventId) {
+        if self.older_order.len() >= OLDER_MAX {
+            if let Some(old) = self.older_order.pop_front() {
+                self.older.remove(&old);
+            }
+        }
+        if self.older.insert(id) {
+            self.older_order.push_back(id);
+        }
     }
 
     /// Records `id` at `now` (ms); true the first time.
@@ -101,16 +136,32 @@ impl SeenIds {
         if let Some(p) = self.by.get_mut(&id.publisher) {
             if now.saturating_sub(p.used) < self.ttl_ms {
                 p.used = now;
-                return match p.seen(id.seq) {
-                    Some(true) => false,
+                let mut fell_out = Vec::new();
+                let verdict = match p.seen(id.seq) {
+                    Some(true) => Some(false),
                     Some(false) => {
                         if id.seq > p.high {
-                            p.advance(id.seq);
+                            p.advance(id.seq, |q| fell_out.push(q));
                         }
                         p.set(id.seq);
+                        Some(true)
+                    }
+                    // Below the window: the ids kept after they fell out of it decide.
+                    None => None,
+                };
+                for seq in fell_out {
+                    self.keep_older(EventId {
+                        publisher: id.publisher,
+                        seq,
+                    });
+                }
+                return match verdict {
+                    Some(first) => first,
+                    None if self.older.contains(&id) => false,
+                    None => {
+                        self.keep_older(id);
                         true
                     }
-                    None => true,
                 };
             }
             // Not heard from for longer than the time to live: start over.
@@ -155,13 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn a_number_far_below_the_newest_is_let_through() {
+    fn a_repeat_far_below_the_newest_is_still_known() {
         let mut s = SeenIds::new(60_000);
         assert!(s.first_time(0, id(1, 1)));
-        assert!(s.first_time(0, id(1, 1 + WINDOW)));
-        assert!(!s.contains(&id(1, 1)), "out of the window: not known");
-        assert!(s.first_time(0, id(1, 1)), "too old to tell: delivered");
-        assert!(!s.first_time(0, id(1, 1 + WINDOW)));
+        assert!(
+            s.first_time(0, id(1, 1 + 3 * WINDOW)),
+            "the publisher moved on far"
+        );
+        assert!(
+            s.contains(&id(1, 1)),
+            "kept after it fell out of the window"
+        );
+        assert!(!s.first_time(0, id(1, 1)));
+        assert!(s.first_time(0, id(1, 2)), "never seen: delivered");
+        assert!(!s.first_time(0, id(1, 2)));
+        assert!(!s.first_time(0, id(1, 1 + 3 * WINDOW)));
     }
 
     #[test]
@@ -187,25 +246,22 @@ mod tests {
 
     proptest! {
         /// Against a set of everything seen: never drops an id not seen before, and drops
-        /// every repeat within the window of its publisher's newest.
+        /// every repeat (fewer ids than the window and the older ids keep).
         #[test]
         fn agrees_with_a_set_inside_the_window(
             ops in proptest::collection::vec((0u64..3, 0u64..200_000), 1..400)
         ) {
             let mut s = SeenIds::new(u64::MAX);
             let mut set = HashSet::new();
-            let mut high = std::collections::HashMap::new();
             for (p, seq) in ops {
                 let e = id(p, seq);
                 let first = s.first_time(0, e);
-                let h = high.entry(p).or_insert(seq);
-                let inside = *h < WINDOW || seq > *h - WINDOW;
+                // Fewer ids than OLDER_MAX: every repeat is known, wherever the window is.
                 if !set.contains(&e) {
                     prop_assert!(first, "a new id was dropped: {e:?}");
-                } else if inside {
-                    prop_assert!(!first, "a repeat inside the window got through: {e:?}");
+                } else {
+                    prop_assert!(!first, "a repeat got through: {e:?}");
                 }
-                *h = (*h).max(seq);
                 set.insert(e);
             }
         }
