@@ -23,6 +23,8 @@ struct Publisher {
     bits: Box<[u64; WORDS]>,
     /// When it was last heard from (ms).
     used: u64,
+    /// Bits set in `bits`: how many of its events in the window this subscription saw.
+    count: u64,
 }
 
 impl Publisher {
@@ -31,6 +33,7 @@ impl Publisher {
             high: seq,
             bits: Box::new([0; WORDS]),
             used: now,
+            count: 0,
         };
         p.set(seq);
         p
@@ -43,7 +46,17 @@ impl Publisher {
 
     fn set(&mut self, seq: u64) {
         let (w, b) = Self::slot(seq);
+        if self.bits[w] & b == 0 {
+            self.count += 1;
+        }
         self.bits[w] |= b;
+    }
+
+    /// An id falling out of the window is worth keeping elsewhere when the window holds
+    /// few of this subscription's events (its publisher's numbers move on faster); when it
+    /// holds many, the window already covers the subscription's recent deliveries.
+    fn sparse(&self) -> bool {
+        self.count < WINDOW / 2
     }
 
     /// `Some(seen)` for a number inside the window, `None` for one too old to tell.
@@ -62,20 +75,27 @@ impl Publisher {
     /// seen go to `fell_out`.
     fn advance(&mut self, seq: u64, mut fell_out: impl FnMut(u64)) {
         let low = self.high.saturating_sub(WINDOW - 1);
+        let keep = self.sparse();
         if seq - self.high >= WINDOW {
             // Every number of the old window falls out.
-            for q in low..=self.high {
-                if self.seen(q) == Some(true) {
-                    fell_out(q);
+            if keep {
+                for q in low..=self.high {
+                    if self.seen(q) == Some(true) {
+                        fell_out(q);
+                    }
                 }
             }
             self.bits.fill(0);
+            self.count = 0;
         } else {
             for q in self.high + 1..=seq {
                 // Slot q held q - WINDOW, which falls out now.
                 let (w, b) = Self::slot(q);
-                if self.bits[w] & b != 0 && q >= WINDOW {
-                    fell_out(q - WINDOW);
+                if self.bits[w] & b != 0 {
+                    self.count -= 1;
+                    if keep && q >= WINDOW {
+                        fell_out(q - WINDOW);
+                    }
                 }
                 self.bits[w] &= !b;
             }
@@ -221,6 +241,20 @@ mod tests {
         assert!(s.first_time(0, id(1, 2)), "never seen: delivered");
         assert!(!s.first_time(0, id(1, 2)));
         assert!(!s.first_time(0, id(1, 1 + 3 * WINDOW)));
+    }
+
+    #[test]
+    fn a_subscription_that_sees_most_of_a_publisher_keeps_nothing_beside_the_window() {
+        let mut s = SeenIds::new(u64::MAX);
+        for seq in 0..3 * WINDOW {
+            assert!(s.first_time(0, id(1, seq)));
+        }
+        assert!(
+            s.older.is_empty(),
+            "the window covers its recent deliveries"
+        );
+        assert!(!s.first_time(0, id(1, 3 * WINDOW - 1)));
+        assert!(!s.first_time(0, id(1, 2 * WINDOW)));
     }
 
     #[test]
